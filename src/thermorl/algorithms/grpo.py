@@ -1,0 +1,76 @@
+"""GRPO as pure tensor functions: advantages, clipped policy loss, KL penalty, aggregation.
+
+Shapes: N sequences, T completion tokens; ``mask`` (N, T) is 1 on generated tokens.
+References: DeepSeekMath (GRPO, arXiv 2402.03300), DAPO (clip-higher, token-mean,
+arXiv 2503.14476), Dr. GRPO (no std scaling, arXiv 2503.20783), Schulman's KL estimators
+(http://joschu.net/blog/kl-approx.html).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> Tensor:
+    """A_i = (r_i - mean(r_group)) / (std(r_group) + eps), or r_i - mean(r_group) when not ``scale`` (Dr. GRPO).
+
+    ``rewards`` (N,) holds consecutive groups of ``group_size``; std is the unbiased sample
+    standard deviation (as in TRL). Groups whose rewards are all equal get advantage 0.
+    """
+    grouped = rewards.view(-1, group_size)
+    centered = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale:
+        centered = centered / (grouped.std(dim=1, keepdim=True) + eps)
+    return centered.reshape(-1)
+
+
+def clipped_policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, epsilon_low: float, epsilon_high: float
+) -> tuple[Tensor, Tensor]:
+    """Per-token PPO/GRPO loss and clip indicator.
+
+    rho_t = exp(log pi(y_t) - log pi_old(y_t));
+    loss_t = -min(rho_t A, clip(rho_t, 1 - epsilon_low, 1 + epsilon_high) A).
+    ``advantages`` is (N,) (one per sequence) or (N, T).
+    """
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1)
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high) * advantages
+    loss = -torch.minimum(unclipped, clipped)
+    return loss, (clipped < unclipped).float()
+
+
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k3") -> Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi.
+
+    k1 = log pi - log pi_ref;  k3 = exp(log pi_ref - log pi) - (log pi_ref - log pi) - 1 (>= 0).
+    """
+    log_ratio = ref_logprobs - logprobs
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k3":
+        return torch.exp(log_ratio) - log_ratio - 1.0
+    raise ValueError(f"unknown KL estimator {estimator!r}")
+
+
+def aggregate(values: Tensor, mask: Tensor, mode: str = "token_mean") -> Tensor:
+    """Reduce per-token values to a scalar.
+
+    token_mean: sum(values * mask) / sum(mask)  (every token weighs the same; DAPO).
+    seq_mean:   mean_i [ sum_t values_it mask_it / sum_t mask_it ]  (every sequence weighs the same; GRPO).
+    """
+    if mode == "token_mean":
+        return (values * mask).sum() / mask.sum().clamp_min(1.0)
+    if mode == "seq_mean":
+        per_sequence = (values * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+        return per_sequence.mean()
+    raise ValueError(f"unknown aggregation {mode!r}")
+
+
+def approx_kl(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
+    """Diagnostic KL(pi_old || pi) with the k3 estimator, token mean (as logged by CleanRL/TRL)."""
+    log_ratio = logprobs - old_logprobs
+    return aggregate(torch.exp(log_ratio) - 1.0 - log_ratio, mask)

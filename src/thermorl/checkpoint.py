@@ -1,0 +1,173 @@
+"""Checkpoints as plain files: safetensors for tensors, JSON for everything else.
+
+Layout of ``RUN/checkpoints/step-000100/``:
+  model/                 Hugging Face directory (config.json, model.safetensors, tokenizer)
+  controller.safetensors controller tensors (e.g. the temperature head), may be empty
+  optimizer.safetensors  optimizer tensors, flattened ``{group}.{param}.{key}``
+  state.json             step, controller scalars, optimizer hyper-parameters, RNG states
+  manifest.json          sha256 of every file above (written last)
+
+A checkpoint is written into a temporary sibling directory, fsynced, then renamed, so a
+crash never leaves a half-written ``step-*`` directory. Nothing is unpickled on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_PREFIX = "step-"
+
+
+def split_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Separate tensors (for safetensors) from JSON-serialisable values."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    rest = {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
+    return tensors, rest
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if optimizer is None:
+        return {}, {}
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for param_id, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{param_id}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{param_id}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        param_id, key = name.split(".", 1)
+        state.setdefault(int(param_id), {})[key] = tensor
+    for name, value in meta.get("scalars", {}).items():
+        param_id, key = name.split(".", 1)
+        state.setdefault(int(param_id), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_state(generator: torch.Generator, data_rng: random.Random) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.sampler": generator.get_state()}
+    return tensors, {"python": _to_json(data_rng.getstate())}
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: Any,
+    tokenizer: Any,
+    controller_state: dict[str, Any],
+    optimizers: dict[str, torch.optim.Optimizer | None],
+    generator: torch.Generator,
+    data_rng: random.Random,
+    keep: int,
+) -> Path:
+    """Atomically write checkpoint ``step`` and prune to the ``keep`` most recent."""
+    root = run_dir / "checkpoints"
+    root.mkdir(exist_ok=True)
+    final = root / f"{CHECKPOINT_PREFIX}{step:06d}"
+    tmp = root / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.save_pretrained(tmp / "model")
+    tokenizer.save_pretrained(tmp / "model")
+
+    controller_tensors, controller_rest = split_state(controller_state)
+    save_file(controller_tensors, str(tmp / "controller.safetensors"))
+    optimizer_tensors: dict[str, torch.Tensor] = {}
+    optimizer_meta: dict[str, Any] = {}
+    for name, optimizer in optimizers.items():
+        tensors, meta = optimizer_state(optimizer)
+        optimizer_tensors.update({f"{name}.{k}": v for k, v in tensors.items()})
+        optimizer_meta[name] = meta
+    rng_tensors, rng_meta = rng_state(generator, data_rng)
+    save_file({**optimizer_tensors, **rng_tensors}, str(tmp / "optimizer.safetensors"))
+    state = {"step": step, "controller": controller_rest, "optimizers": optimizer_meta, "rng": rng_meta}
+    (tmp / "state.json").write_text(json.dumps(state))
+
+    manifest = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    _fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+
+
+def verify_checkpoint(path: Path) -> bool:
+    """Whether every file listed in the manifest exists with its recorded sha256."""
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        return False
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return all((path / name).is_file() and _sha256(path / name) == digest for name, digest in manifest.items())
+
+
+def load_checkpoint_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(state.json, controller tensors, optimizer + RNG tensors) of a checkpoint directory."""
+    state = json.loads((path / "state.json").read_text())
+    return state, load_file(str(path / "controller.safetensors")), load_file(str(path / "optimizer.safetensors"))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(root)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def from_json_rng(value: Any) -> Any:
+    """Inverse of ``_to_json`` for ``random.Random.setstate``."""
+    if isinstance(value, list):
+        return tuple(from_json_rng(v) for v in value)
+    return value

@@ -1,0 +1,198 @@
+"""Command line: ``thermorl train | pretrain | eval | config``.
+
+User errors (bad config, data, model path, output directory) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from thermorl.errors import ThermoRLError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Reinforcement learning from verifiable rewards where the model learns its own sampling temperature.",
+)
+console = Console(stderr=True)
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+class TrainProgress:
+    """A rich progress bar showing reward, held-out accuracy and temperature."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]GRPO"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled,
+        )
+        self.task = None
+
+    def start(self, total: int, accuracy: float) -> None:
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=total, info=f"acc {accuracy:.3f}")
+
+    def update(self, step: int, reward: float, accuracy: float, temperature: float) -> None:
+        self.bar.update(
+            self.task, completed=step, info=f"reward {reward:.3f}  acc {accuracy:.3f}  tau {temperature:.2f}"
+        )
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def _default_out(controller: str) -> Path:
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{controller}"
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file."),
+    overrides: list[str] = typer.Option([], "--set", "-s", help="Override a field: section.field=value (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<time>-<controller>)."),
+    steps: Optional[int] = typer.Option(None, help="Shortcut for --set train.steps=N."),
+    seed: Optional[int] = typer.Option(None, help="Shortcut for --set train.seed=N."),
+    controller: Optional[str] = typer.Option(None, help="Shortcut for --set temperature.controller=NAME."),
+) -> None:
+    """Train with GRPO and a temperature controller; writes config, metrics, checkpoints, plots to the run directory."""
+    from thermorl.config import load_config
+    from thermorl.trainer import train as run_training
+
+    extra = list(overrides)
+    if steps is not None:
+        extra.append(f"train.steps={steps}")
+    if seed is not None:
+        extra.append(f"train.seed={seed}")
+    if controller is not None:
+        extra.append(f"temperature.controller={controller}")
+    try:
+        cfg = load_config(config, extra)
+        run_dir = out or _default_out(cfg.temperature.controller)
+        progress = TrainProgress(cfg.log.progress)
+        try:
+            summary = run_training(cfg, run_dir, progress)
+        finally:
+            progress.stop()
+    except ThermoRLError as err:
+        fail(str(err))
+    table = Table(title=f"run {run_dir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+@app.command()
+def pretrain(
+    out: Path = typer.Option(Path("pretrained-tiny"), "--out", "-o", help="Output model directory."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (its task and model sections)."),
+    overrides: list[str] = typer.Option([], "--set", "-s", help="Override a field: section.field=value."),
+    steps: int = typer.Option(1000, help="Supervised steps."),
+    batch_size: int = typer.Option(128, help="Demonstrations per step."),
+    lr: float = typer.Option(1e-3, help="Peak AdamW learning rate (one-cycle schedule)."),
+    seed: int = typer.Option(0, help="Seed."),
+) -> None:
+    """Warm-start the built-in tiny model on demonstrations of the synthetic task (the shipped `builtin` model)."""
+    from thermorl.config import load_config
+    from thermorl.pretrain import pretrain as run_pretrain
+
+    try:
+        cfg = load_config(config, list(overrides))
+        if out.exists() and any(out.iterdir()):
+            fail(f"output directory {out} exists and is not empty")
+        summary = run_pretrain(
+            cfg.task, cfg.model, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+            on_eval=lambda s, loss, acc: console.print(f"step {s:>5}  loss {loss:.4f}  held-out greedy acc {acc:.3f}"),
+        )
+    except ThermoRLError as err:
+        fail(str(err))
+    console.print(f"saved {out}  (held-out greedy accuracy {summary['eval_accuracy']:.3f})")
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run directory, a checkpoint directory, or a model directory."),
+    k: int = typer.Option(8, help="Samples per problem for avg@k and pass@k."),
+    problems: int = typer.Option(1000, help="Held-out problems to score."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+) -> None:
+    """Score a checkpoint on the held-out split: greedy accuracy, avg@k and pass@k."""
+    import torch
+
+    from thermorl.config import load_config
+    from thermorl.evaluate import greedy_accuracy, sampled_metrics
+    from thermorl.trainer import load_for_eval
+
+    try:
+        run_config, model_dir = _resolve_checkpoint(checkpoint)
+        cfg = load_config(run_config, [f"model.path={model_dir}"] if model_dir else [])
+        policy, task, controller = load_for_eval(cfg)
+        selected = task.eval_problems()[:problems]
+        generator = torch.Generator(device=policy.device).manual_seed(seed)
+        result = {"greedy_accuracy": greedy_accuracy(policy, task, selected, cfg.rollout.max_new_tokens)}
+        result.update(sampled_metrics(policy, task, selected, controller, k, cfg.rollout.max_new_tokens, generator))
+    except ThermoRLError as err:
+        fail(str(err))
+    result["problems"] = len(selected)
+    result["k"] = k
+    print(json.dumps(result, indent=2))
+
+
+def _resolve_checkpoint(path: Path) -> tuple[Optional[Path], Optional[Path]]:
+    """(run config.yaml or None, model directory) for a run dir, a checkpoint dir or a model dir."""
+    from thermorl.checkpoint import list_checkpoints
+
+    if not path.exists():
+        raise ThermoRLError(f"checkpoint {path} does not exist")
+    if (path / "config.yaml").is_file() and list_checkpoints(path):
+        return path / "config.yaml", list_checkpoints(path)[-1] / "model"
+    if (path / "model").is_dir() and (path.parent.parent / "config.yaml").is_file():
+        return path.parent.parent / "config.yaml", path / "model"
+    if (path / "config.json").is_file():
+        return None, path
+    raise ThermoRLError(f"{path} is neither a run directory, a checkpoint, nor a model directory")
+
+
+@app.command("config")
+def show_config() -> None:
+    """List every config field with its default and help text."""
+    from thermorl.config import field_help
+
+    table = Table(title="thermorl configuration (override with --set name=value)")
+    table.add_column("name")
+    table.add_column("default")
+    table.add_column("help")
+    for name, help_text, default in field_help():
+        table.add_row(name, repr(default), help_text)
+    Console(width=200).print(table)
+
+
+def main() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

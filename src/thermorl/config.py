@@ -1,0 +1,425 @@
+"""Typed configuration: one dataclass per concern, every field documented.
+
+A run is described by :class:`Config`. It loads from YAML, accepts dotted
+``--set section.field=value`` overrides, and is validated on load: unknown
+keys, wrong types and out-of-range values raise :class:`ConfigError` whose
+message names the offending field (``rollout.group_size must be >= 2, got 1``).
+
+Each part of the system receives only its own section (the sampler gets a
+``RolloutConfig``, a controller its own ``*Config``), never the whole tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from thermorl.errors import ConfigError
+
+
+def doc(help_text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
+    """A dataclass field carrying its help text (shown by ``thermorl config --help``)."""
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata={"help": help_text}, **kwargs)
+    return field(default=default, metadata={"help": help_text}, **kwargs)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class ModelConfig:
+    path: str = doc(
+        "'builtin' (the shipped warm-started tiny model), 'builtin:random' (untrained tiny model), "
+        "or a local Hugging Face model directory.",
+        "builtin",
+    )
+    gguf_file: str | None = doc("GGUF file name inside `path` (loaded through transformers + gguf).", None)
+    dtype: Literal["float32", "bfloat16"] = doc("Parameter dtype of the policy.", "float32")
+    device: str = doc("'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...", "auto")
+    hidden_size: int = doc("Tiny model width (builtin:random only).", 128)
+    num_layers: int = doc("Tiny model depth (builtin:random only).", 4)
+    num_heads: int = doc("Tiny model attention heads (builtin:random only).", 4)
+
+    def validate(self) -> None:
+        _positive(self, "hidden_size", "num_layers", "num_heads")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError("model.hidden_size must be divisible by model.num_heads")
+
+
+@dataclass
+class TaskConfig:
+    name: Literal["countdown", "arithmetic"] = doc(
+        "Verifiable task. 'countdown': combine given numbers to hit a target (choice + arithmetic tokens); "
+        "'arithmetic': evaluate a chain of operations step by step (arithmetic tokens only).",
+        "countdown",
+    )
+    num_operands: int = doc("Numbers given per problem (countdown) or operands per chain (arithmetic).", 3)
+    max_operand: int = doc("Operands are drawn from 1..max_operand.", 12)
+    max_result: int = doc("Targets and intermediate results stay in 0..max_result.", 99)
+    eval_size: int = doc("Held-out problems (disjoint from training prompts) for greedy accuracy.", 1000)
+    eval_seed: int = doc("Seed of the held-out split; fixed so every run is scored on the same problems.", 1234)
+
+    def validate(self) -> None:
+        _positive(self, "max_operand", "max_result", "eval_size")
+        if self.num_operands < 2:
+            raise ConfigError(f"task.num_operands must be >= 2, got {self.num_operands}")
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = doc("Distinct prompts sampled per GRPO step.", 16)
+    group_size: int = doc("Completions per prompt (G in GRPO); advantages are computed within a group.", 8)
+    max_new_tokens: int = doc("Generation stops at EOS or after this many tokens.", 24)
+
+    def validate(self) -> None:
+        _positive(self, "prompts_per_step", "max_new_tokens")
+        if self.group_size < 2:
+            raise ConfigError(f"rollout.group_size must be >= 2, got {self.group_size}")
+
+
+@dataclass
+class FixedConfig:
+    temperature: float = doc("Sampling temperature for every token.", 1.0)
+
+    def validate(self) -> None:
+        _temperature(self, "temperature", section="temperature.fixed")
+
+
+@dataclass
+class LinearConfig:
+    start: float = doc("Temperature at step 0.", 0.9)
+    end: float = doc("Temperature at the last training step.", 1.5)
+
+    def validate(self) -> None:
+        _temperature(self, "start", "end", section="temperature.linear")
+
+
+@dataclass
+class EADConfig:
+    form: Literal["paper", "code"] = doc(
+        "'paper': tau_t = max(1 + tau_max - exp(t / d_s), tau_min), d_s = min(d0 + a*step, d_max); "
+        "'code': the authors' released script, tau_t = max(1 + tau_max - exp(t / (20 d_s)), tau_min), "
+        "d_s = min(25 + 5*step, d_max).",
+        "paper",
+    )
+    tau_max: float = doc("Peak temperature at the start of a completion.", 1.2)
+    tau_min: float = doc("Floor temperature late in a completion.", 0.1)
+    warmup_tokens: int = doc("Tokens decoded at temperature 1.0 before annealing starts (c).", 10)
+    d0: float = doc("Initial decay scale d_0 ('paper' form).", 200.0)
+    slope: float = doc("Growth of the decay scale per training step (a).", 5.0)
+    d_max: float = doc("Cap of the decay scale.", 4e4)
+
+    def validate(self) -> None:
+        _temperature(self, "tau_max", "tau_min", section="temperature.ead")
+        if self.tau_min > self.tau_max:
+            raise ConfigError("temperature.ead.tau_min must be <= temperature.ead.tau_max")
+        _positive(self, "d0", "d_max", section="temperature.ead")
+
+
+@dataclass
+class EntropyConfig:
+    base: float = doc("tau0 in EDT's rule tau = tau0 * N ** (theta / H).", 1.0)
+    theta: float = doc("theta in EDT's rule; larger means hotter at a given entropy H.", 0.8)
+    n: float = doc("Base N of EDT's rule (the paper uses 0.8).", 0.8)
+    tau_min: float = doc("Lower clamp of the temperature.", 0.3)
+    tau_max: float = doc("Upper clamp of the temperature.", 1.5)
+
+    def validate(self) -> None:
+        _temperature(self, "base", "tau_min", "tau_max", section="temperature.entropy")
+        if not 0 < self.n < 1:
+            raise ConfigError(f"temperature.entropy.n must be in (0, 1), got {self.n}")
+
+
+@dataclass
+class TampoConfig:
+    candidates: list[float] = doc(
+        "Candidate temperatures T_k.", [0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5]
+    )
+    top_p: float = doc("Top-p mass kept when drawing a candidate from the meta-policy.", 0.7)
+    ema_alpha: float = doc("EMA rate of the temperature advantages A_bar.", 0.05)
+    per_group: bool = doc("Draw one temperature per prompt group instead of one per batch.", False)
+
+    def validate(self) -> None:
+        if len(self.candidates) < 2:
+            raise ConfigError("temperature.tampo.candidates needs at least 2 temperatures")
+        if any(t <= 0 for t in self.candidates):
+            raise ConfigError("temperature.tampo.candidates must all be > 0")
+        _unit_interval(self, "top_p", "ema_alpha", section="temperature.tampo")
+
+
+@dataclass
+class IntrospectiveConfig:
+    head: Literal["beta", "bins"] = doc(
+        "'beta': gate + Beta head (the paper); 'bins': categorical over `bins` temperatures (ablation).", "beta"
+    )
+    tau_init: float = doc("tau_0, the temperature before the gate first fires.", 1.0)
+    tau_min: float = doc("Lower end of the Beta head's temperature range.", 0.1)
+    tau_max: float = doc("Upper end of the Beta head's temperature range.", 1.5)
+    eps: float = doc("Added to softplus outputs so alpha, beta > 0.", 1e-3)
+    bins: list[float] = doc("Temperatures of the categorical head.", [0.4, 0.7, 1.0, 1.3])
+    detach_hidden: bool = doc("Stop head gradients from flowing into the language model.", True)
+    schedule: Literal["coordinate", "joint"] = doc(
+        "'coordinate': alternate LM-only and head-only phases; 'joint': update both every step.", "coordinate"
+    )
+    lm_phase_steps: int = doc("Coordinate ascent: steps updating the LM with the head frozen.", 10)
+    head_phase_steps: int = doc("Coordinate ascent: steps updating the head with the LM frozen.", 10)
+    lr: float = doc("Learning rate of the temperature head.", 1e-3)
+    entropy_coef: float = doc("Entropy bonus on the temperature policy (0 = off).", 0.0)
+
+    def validate(self) -> None:
+        _temperature(self, "tau_init", "tau_min", "tau_max", section="temperature.introspective")
+        if self.tau_min >= self.tau_max:
+            raise ConfigError("temperature.introspective.tau_min must be < tau_max")
+        _positive(self, "eps", "lr", section="temperature.introspective")
+        if self.lm_phase_steps < 0 or self.head_phase_steps < 0:
+            raise ConfigError("temperature.introspective phase lengths must be >= 0")
+
+
+@dataclass
+class TemperatureConfig:
+    controller: Literal["fixed", "linear", "ead", "entropy", "tampo", "introspective"] = doc(
+        "Which temperature controller drives sampling.", "fixed"
+    )
+    fixed: FixedConfig = field(default_factory=FixedConfig)
+    linear: LinearConfig = field(default_factory=LinearConfig)
+    ead: EADConfig = field(default_factory=EADConfig)
+    entropy: EntropyConfig = field(default_factory=EntropyConfig)
+    tampo: TampoConfig = field(default_factory=TampoConfig)
+    introspective: IntrospectiveConfig = field(default_factory=IntrospectiveConfig)
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: Literal["grpo", "drgrpo"] = doc(
+        "'grpo': A = (r - mean) / (std + eps); 'drgrpo': A = r - mean (Dr. GRPO, no std division).", "grpo"
+    )
+    epsilon: float = doc("Lower clip range of the importance ratio (1 - epsilon).", 0.2)
+    epsilon_high: float = doc("Upper clip range (1 + epsilon_high); > epsilon is DAPO's clip-higher.", 0.28)
+    beta: float = doc("KL coefficient to the frozen initial policy (0 = no reference model).", 0.0)
+    kl_estimator: Literal["k1", "k3"] = doc("KL estimator (Schulman 2020): k1 = log r, k3 = r - 1 - log r.", "k3")
+    loss_aggregation: Literal["token_mean", "seq_mean"] = doc(
+        "'token_mean': mean over all tokens of the batch; 'seq_mean': mean per sequence, then over sequences.",
+        "token_mean",
+    )
+    num_iterations: int = doc("Inner epochs over each sampled batch (mu in GRPO).", 1)
+    num_minibatches: int = doc("Optimizer steps per inner epoch.", 1)
+    lr: float = doc("AdamW learning rate of the language model.", 1e-4)
+    weight_decay: float = doc("AdamW weight decay.", 0.0)
+    max_grad_norm: float = doc("Gradient clipping norm (0 = off).", 1.0)
+    recompute_old_logprobs: bool = doc(
+        "Recompute old log-probs with a training forward pass instead of reusing the sampler's "
+        "(useful when sampler and trainer numerics differ, e.g. bf16).",
+        False,
+    )
+
+    def validate(self) -> None:
+        _unit_interval(self, "epsilon", "epsilon_high", section="algorithm")
+        _positive(self, "num_iterations", "num_minibatches", "lr", section="algorithm")
+        if self.beta < 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ConfigError("algorithm.beta, weight_decay and max_grad_norm must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = doc("GRPO steps.", 200)
+    seed: int = doc("Seed of sampling, data order and initialisation.", 0)
+    eval_every: int = doc("Evaluate on the held-out split every N steps (and at the start and end).", 50)
+    eval_avg_k: int = doc("Samples per problem for eval_avg_at_k (mean accuracy of k samples).", 8)
+    eval_avg_problems: int = doc("Held-out problems used for avg@k (a prefix of the held-out split).", 250)
+    checkpoint_every: int = doc("Save a checkpoint every N steps (and at the end); 0 = only at the end.", 100)
+    keep_checkpoints: int = doc("Most recent checkpoints kept.", 2)
+    threads: int = doc("torch CPU threads (0 = torch's default).", 0)
+
+    def validate(self) -> None:
+        _positive(self, "steps", "eval_every", "eval_avg_k", "eval_avg_problems", "keep_checkpoints", section="train")
+        if self.checkpoint_every < 0 or self.threads < 0:
+            raise ConfigError("train.checkpoint_every and train.threads must be >= 0")
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = doc("Write TensorBoard events to RUN/tensorboard.", True)
+    plot: bool = doc("Write RUN/curves.png at the end.", True)
+    progress: bool = doc("Show a rich progress bar.", True)
+    samples_per_step: int = doc("Completions written to RUN/samples.jsonl per step (0 = none).", 2)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def validate(self) -> "Config":
+        for section in list(_walk(self))[1:]:
+            if hasattr(section, "validate"):
+                section.validate()
+        return self
+
+
+# --------------------------------------------------------------------------- load / dump
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a validated Config from an optional YAML file and ``a.b=value`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot read config file {path}: {err}") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        try:
+            parsed = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            parsed = value
+        _set_dotted(raw, key.strip(), parsed)
+    return from_dict(Config, raw).validate()
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from a nested dict, type-checking every field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"unknown config key {prefix}{key} (known: {', '.join(sorted(known))})")
+    kwargs = {key: _coerce(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def dump_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+
+
+def field_help(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(dotted name, help, default) for every leaf field: the source of ``thermorl config``."""
+    rows = []
+    instance = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(instance, f.name)
+        if dataclasses.is_dataclass(value):
+            rows.extend(field_help(type(value), f"{prefix}{f.name}."))
+        else:
+            rows.append((f"{prefix}{f.name}", f.metadata.get("help", ""), value))
+    return rows
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _coerce(hint: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value if value is not None else {}, f"{name}.")
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, name)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{name} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return [_coerce(args[0], v, f"{name}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{name} must be finite, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{name}: unsupported type {hint}")  # pragma: no cover - a bug in this module
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _walk(obj: Any):
+    yield obj
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _walk(value)
+
+
+def _section_name(obj: Any) -> str:
+    names = {
+        ModelConfig: "model", TaskConfig: "task", RolloutConfig: "rollout", AlgorithmConfig: "algorithm",
+        TrainConfig: "train", LogConfig: "log",
+    }
+    return names.get(type(obj), type(obj).__name__)
+
+
+def _positive(obj: Any, *names: str, section: str | None = None) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ConfigError(f"{section or _section_name(obj)}.{name} must be > 0, got {value}")
+
+
+def _temperature(obj: Any, *names: str, section: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ConfigError(f"{section}.{name} must be a temperature > 0, got {value}")
+
+
+def _unit_interval(obj: Any, *names: str, section: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not 0 < value <= 1:
+            raise ConfigError(f"{section}.{name} must be in (0, 1], got {value}")

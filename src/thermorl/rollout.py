@@ -1,0 +1,171 @@
+"""Batched KV-cache sampler with a per-token temperature chosen by a controller.
+
+At every decoding step the controller returns one temperature per active row; the token is
+drawn from softmax(logits / temperature) and the sampler records, per token: id, mask,
+temperature, tempered log-prob, entropy, and the controller's own records. Rows that emit
+EOS are dropped from the batch (and from the KV cache), so finished completions cost nothing.
+Prompts are left-padded; position ids skip the padding so every row sees positions 0, 1, ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+
+from thermorl.algorithms.logprobs import tempered_logprobs
+from thermorl.models.policy import Policy
+from thermorl.temperature.base import StepContext, TemperatureController
+
+
+@dataclass
+class RolloutBatch:
+    """N sampled completions; every (N, T) field is aligned with ``completion_ids``."""
+
+    prompt_ids: Tensor  # (N, P) left-padded
+    prompt_mask: Tensor  # (N, P) 1 for real prompt tokens
+    completion_ids: Tensor  # (N, T) right-padded with the pad id
+    completion_mask: Tensor  # (N, T) float, 1 for generated tokens (EOS included)
+    temperatures: Tensor  # (N, T) temperature used for each token (1.0 at padding)
+    logprobs: Tensor  # (N, T) tempered log-prob at sampling time
+    entropies: Tensor  # (N, T) entropy of the tempered distribution
+    records: dict[str, Tensor] = field(default_factory=dict)  # controller actions, (N, T) each
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    def select(self, index: Tensor) -> "RolloutBatch":
+        """The rows ``index`` (a minibatch)."""
+        return RolloutBatch(
+            *(getattr(self, name)[index] for name in _TENSOR_FIELDS),
+            records={k: v[index] for k, v in self.records.items()},
+        )
+
+    def full_inputs(self) -> tuple[Tensor, Tensor, Tensor]:
+        """input ids, attention mask and position ids of prompt + completion."""
+        input_ids = torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+        mask = torch.cat([self.prompt_mask, self.completion_mask.to(self.prompt_mask.dtype)], dim=1)
+        return input_ids, mask, positions_from_mask(mask)
+
+
+_TENSOR_FIELDS = (
+    "prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "temperatures", "logprobs", "entropies"
+)
+
+
+def positions_from_mask(mask: Tensor) -> Tensor:
+    """Position ids that skip left padding: 0 at each row's first real token."""
+    return (mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def encode_prompts(policy: Policy, prompts: list[str]) -> tuple[Tensor, Tensor]:
+    """Left-padded prompt ids and mask; a chat template is applied when the tokenizer has one."""
+    tokenizer = policy.tokenizer
+    if getattr(tokenizer, "chat_template", None):
+        texts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
+        encoded = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+    else:
+        bos = tokenizer.bos_token or ""
+        encoded = tokenizer([bos + p for p in prompts], padding=True, return_tensors="pt", add_special_tokens=False)
+    return encoded["input_ids"].to(policy.device), encoded["attention_mask"].to(policy.device)
+
+
+@torch.no_grad()
+def sample(
+    policy: Policy,
+    controller: TemperatureController,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    max_new_tokens: int,
+    generator: torch.Generator | None = None,
+    greedy: bool = False,
+    training_step: int = 0,
+) -> RolloutBatch:
+    """Generate one completion per prompt row; ``greedy`` takes the argmax (temperature ignored)."""
+    num_rows, device = prompt_ids.shape[0], prompt_ids.device
+    eos_id, pad_id = policy.tokenizer.eos_token_id, policy.tokenizer.pad_token_id
+    tokens = torch.full((num_rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(num_rows, max_new_tokens, device=device)
+    temperatures = torch.ones(num_rows, max_new_tokens, device=device)
+    logprobs = torch.zeros(num_rows, max_new_tokens, device=device)
+    entropies = torch.zeros(num_rows, max_new_tokens, device=device)
+    records: dict[str, Tensor] = {}
+
+    controller.start(num_rows, training_step)
+    cache = DynamicCache()
+    positions = positions_from_mask(prompt_mask)
+    hidden, cache = policy.hidden(prompt_ids, prompt_mask, positions, cache)
+    hidden = hidden[:, -1]
+    attention = prompt_mask
+    next_position = positions[:, -1] + 1
+    rows = torch.arange(num_rows, device=device)
+
+    for t in range(max_new_tokens):
+        logits = policy.logits(hidden)
+        tau, step_records = controller.choose(StepContext(logits, hidden, t, rows, training_step))
+        if greedy:
+            token = logits.argmax(-1)
+        else:
+            probs = torch.softmax(logits / tau.unsqueeze(-1), dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        token_logp, entropy = tempered_logprobs(logits, token, tau)
+
+        tokens[rows, t] = token
+        mask[rows, t] = 1.0
+        temperatures[rows, t] = tau
+        logprobs[rows, t] = token_logp
+        entropies[rows, t] = entropy
+        for name, value in step_records.items():
+            if name not in records:
+                records[name] = torch.zeros(num_rows, max_new_tokens, dtype=value.dtype, device=device)
+            records[name][rows, t] = value
+
+        alive = token != eos_id
+        if not alive.any() or t == max_new_tokens - 1:
+            break
+        if not alive.all():
+            keep = alive.nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            rows, token, attention, next_position = rows[keep], token[keep], attention[keep], next_position[keep]
+        attention = torch.cat([attention, attention.new_ones(len(rows), 1)], dim=1)
+        hidden, cache = policy.hidden(token.unsqueeze(-1), attention, next_position.unsqueeze(-1), cache)
+        hidden = hidden[:, -1]
+        next_position = next_position + 1
+
+    return RolloutBatch(prompt_ids, prompt_mask, tokens, mask, temperatures, logprobs, entropies, records)
+
+
+def decode_completions(policy: Policy, batch: RolloutBatch) -> list[str]:
+    """Completion texts without EOS and padding."""
+    eos_id = policy.tokenizer.eos_token_id
+    texts = []
+    for ids, row_mask in zip(batch.completion_ids.tolist(), batch.completion_mask.tolist()):
+        kept = [i for i, m in zip(ids, row_mask) if m and i != eos_id]
+        texts.append(policy.tokenizer.decode(kept, skip_special_tokens=True))
+    return texts
+
+
+@dataclass
+class Scored:
+    """A training forward pass over a batch, aligned with its completion tokens."""
+
+    logprobs: Tensor  # (N, T) at the sampled per-token temperatures
+    entropies: Tensor  # (N, T)
+    hidden: Tensor  # (N, T, d) hidden state that chose each completion token
+    logits: Tensor  # (N, T, V) untempered
+
+
+def score(policy: Policy, batch: RolloutBatch) -> Scored:
+    """Recompute tempered log-probs of ``batch`` with gradients, at the temperatures sampling used."""
+    input_ids, mask, positions = batch.full_inputs()
+    hidden, _ = policy.hidden(input_ids, mask, positions)
+    prompt_len = batch.prompt_ids.shape[1]
+    hidden = hidden[:, prompt_len - 1 : -1]
+    logits = policy.logits(hidden)
+    logprobs, entropies = tempered_logprobs(logits, batch.completion_ids, batch.temperatures)
+    return Scored(logprobs, entropies, hidden, logits)

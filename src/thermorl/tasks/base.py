@@ -1,0 +1,70 @@
+"""A task is a source of prompts plus a verifiable reward.
+
+Synthetic tasks also produce a demonstration per problem (used by ``thermorl pretrain``)
+and a held-out split whose prompts never appear in training.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Problem:
+    prompt: str
+    answer: str
+    data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+class Task:
+    """Base class of tasks: subclasses implement ``generate``, ``reward`` and ``demonstration``."""
+
+    name: str = "task"
+
+    def __init__(self, eval_size: int, eval_seed: int) -> None:
+        self.eval_size = eval_size
+        self.eval_seed = eval_seed
+        self._eval: list[Problem] | None = None
+        self._eval_prompts: set[str] = set()
+
+    # -- to implement -------------------------------------------------------
+    def generate(self, rng: random.Random) -> Problem:
+        """One random problem."""
+        raise NotImplementedError
+
+    def reward(self, problem: Problem, completion: str) -> float:
+        """1.0 if ``completion`` solves ``problem``, else 0.0. Must never raise on any string."""
+        raise NotImplementedError
+
+    def demonstration(self, problem: Problem) -> str:
+        """A correct completion, for supervised warm-up."""
+        raise NotImplementedError
+
+    # -- provided -------------------------------------------------------------
+    def eval_problems(self) -> list[Problem]:
+        """The held-out split: ``eval_size`` distinct prompts, identical for every run with the same seed."""
+        if self._eval is None:
+            rng = random.Random(self.eval_seed)
+            problems: dict[str, Problem] = {}
+            attempts = 0
+            while len(problems) < self.eval_size:
+                attempts += 1
+                if attempts > 50 * self.eval_size:
+                    raise ValueError(f"task {self.name} cannot produce {self.eval_size} distinct prompts")
+                problem = self.generate(rng)
+                problems.setdefault(problem.prompt, problem)
+            self._eval = list(problems.values())
+            self._eval_prompts = set(problems)
+        return self._eval
+
+    def train_problems(self, rng: random.Random, count: int) -> list[Problem]:
+        """``count`` training problems, none of whose prompts is in the held-out split."""
+        self.eval_problems()
+        out: list[Problem] = []
+        while len(out) < count:
+            problem = self.generate(rng)
+            if problem.prompt not in self._eval_prompts:
+                out.append(problem)
+        return out

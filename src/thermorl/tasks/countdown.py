@@ -1,0 +1,85 @@
+"""Countdown: combine the given numbers with + - * to reach the target.
+
+Prompt ``3,7,2>23:``; a solution is a chain of steps ``7*3=21,21+2=23``. Each step may use
+any unused given number or an earlier result. The solution mixes two kinds of tokens:
+*choice* tokens (which numbers to combine, with which operation), where several continuations
+may be right and exploring pays, and *deterministic* tokens (the result of each step), where
+any deviation from the one right digit loses the reward. That contrast is what a learned
+temperature can exploit.
+
+The reward is computed by a parser (never ``eval``): 1.0 if every step is well formed,
+uses only available numbers, has the right arithmetic, and the last result is the target.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from thermorl.tasks.base import Problem, Task
+
+STEP = re.compile(r"(\d{1,4})([+\-*])(\d{1,4})=(\d{1,5})")
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+class Countdown(Task):
+    name = "countdown"
+
+    def __init__(self, num_operands: int, max_operand: int, max_result: int, eval_size: int, eval_seed: int):
+        super().__init__(eval_size, eval_seed)
+        self.num_operands = num_operands
+        self.max_operand = max_operand
+        self.max_result = max_result
+
+    def generate(self, rng: random.Random) -> Problem:
+        while True:
+            numbers = [rng.randint(1, self.max_operand) for _ in range(self.num_operands)]
+            pool = list(numbers)
+            steps = []
+            while len(pool) > 1:
+                a, b = rng.sample(pool, 2)
+                op = rng.choice("+-*")
+                if op in "+*" or a < b:
+                    a, b = max(a, b), min(a, b)
+                result = OPS[op](a, b)
+                if result < 0 or result > self.max_result:
+                    break
+                pool.remove(a)
+                pool.remove(b)
+                pool.append(result)
+                steps.append(f"{a}{op}{b}={result}")
+            else:
+                target = pool[0]
+                if target in numbers:
+                    continue  # trivial target
+                prompt = ",".join(map(str, numbers)) + f">{target}:"
+                return Problem(prompt=prompt, answer=str(target), data={"numbers": numbers, "solution": ",".join(steps)})
+
+    def demonstration(self, problem: Problem) -> str:
+        return problem.data["solution"]
+
+    def reward(self, problem: Problem, completion: str) -> float:
+        return 1.0 if check_countdown(problem.data["numbers"], int(problem.answer), completion) else 0.0
+
+
+def check_countdown(numbers: list[int], target: int, completion: str) -> bool:
+    """Whether ``completion`` is a valid step chain from ``numbers`` ending at ``target``."""
+    text = completion.strip()
+    if not text:
+        return False
+    pool = list(numbers)
+    result = None
+    for step in text.split(","):
+        match = STEP.fullmatch(step)
+        if match is None:
+            return False
+        a, op, b, claimed = int(match[1]), match[2], int(match[3]), int(match[4])
+        for operand in (a, b):
+            if operand not in pool:
+                return False
+            pool.remove(operand)
+        result = OPS[op](a, b)
+        if result != claimed:
+            return False
+        pool.append(result)
+    return result == target

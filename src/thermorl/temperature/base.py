@@ -1,0 +1,90 @@
+"""The temperature-controller protocol shared by every method.
+
+The sampler calls ``start`` once per rollout and ``choose`` at every decoding step with the
+step's raw logits and last hidden state; ``choose`` returns one temperature per active row
+and, optionally, per-row records of the controller's own actions (gate, Beta draw, its
+log-prob, ...). The sampler stores temperatures and records per token in the rollout batch,
+so the loss sees exactly what sampling used.
+
+Trainable controllers expose ``module`` (their parameters) and ``policy_loss``; meta-policies
+update themselves in ``after_update`` from the batch and the training forward pass. Heuristic
+controllers only implement ``choose``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class StepContext:
+    """What a controller may read at one decoding step (B = rows still generating)."""
+
+    logits: Tensor  # (B, V) float32, untempered
+    hidden: Tensor  # (B, d) last-layer hidden state that produced ``logits``
+    position: int  # index of the token being chosen within the completion
+    rows: Tensor  # (B,) indices of these rows in the full rollout batch
+    training_step: int
+
+
+@dataclass
+class ControllerEnv:
+    """Facts a controller may need at construction time."""
+
+    hidden_size: int
+    total_steps: int
+    device: torch.device
+
+
+class TemperatureController:
+    """Base class with no-op defaults; subclasses implement at least ``choose``."""
+
+    name = "base"
+    needs_logits_after_update = False  # whether after_update wants the training logits
+
+    def start(self, num_rows: int, training_step: int) -> None:
+        """Reset per-rollout state (e.g. the previous temperature of each row)."""
+
+    def choose(self, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-row temperatures (B,) and per-row records {name: (B,)} for this step."""
+        raise NotImplementedError
+
+    @property
+    def module(self) -> nn.Module | None:
+        """Trainable parameters, or None for heuristic controllers."""
+        return None
+
+    def trains_lm(self, training_step: int) -> bool:
+        """Whether the language model is updated at this step (coordinate ascent may freeze it)."""
+        return True
+
+    def policy_loss(
+        self, hidden: Tensor, records: dict[str, Tensor], advantages: Tensor, mask: Tensor, training_step: int
+    ) -> tuple[Tensor | None, dict[str, float]]:
+        """Loss of a trainable temperature policy on a minibatch, with diagnostics."""
+        return None, {}
+
+    def after_update(
+        self, records: dict[str, Tensor], advantages: Tensor, mask: Tensor, tokens: Tensor, logits: Tensor | None
+    ) -> None:
+        """Hook after each GRPO step (TAMPO's outer update)."""
+
+    def metrics(self) -> dict[str, Any]:
+        """Per-step values to log (JSON-serialisable)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: tensors and JSON-serialisable values."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of ``state_dict``."""
+
+
+def full(ctx: StepContext, value: float) -> Tensor:
+    """A constant per-row temperature for this step."""
+    return torch.full((ctx.logits.shape[0],), float(value), device=ctx.logits.device)

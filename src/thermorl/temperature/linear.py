@@ -1,0 +1,34 @@
+"""Linear schedule over training: the TAMPO paper's baseline (0.9 -> 1.5 in its notation)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from thermorl.config import LinearConfig
+from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureController, full
+
+
+def linear_temperature(step: int, total_steps: int, start: float, end: float) -> float:
+    """tau(step) = start + (end - start) * step / (total_steps - 1), so step 0 gives start and the last step end."""
+    if total_steps <= 1:
+        return start
+    fraction = min(max(step / (total_steps - 1), 0.0), 1.0)
+    return start + (end - start) * fraction
+
+
+class LinearController(TemperatureController):
+    name = "linear"
+
+    def __init__(self, config: LinearConfig, env: ControllerEnv) -> None:
+        self.config = config
+        self.total_steps = env.total_steps
+        self.current = config.start
+
+    def start(self, num_rows: int, training_step: int) -> None:
+        self.current = linear_temperature(training_step, self.total_steps, self.config.start, self.config.end)
+
+    def choose(self, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
+        return full(ctx, self.current), {}
+
+    def metrics(self) -> dict[str, float]:
+        return {"linear_temperature": self.current}
