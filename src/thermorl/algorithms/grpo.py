@@ -21,7 +21,8 @@ def group_advantages(rewards: Tensor, group_size: int, scale: bool = True, eps: 
     grouped = rewards.view(-1, group_size)
     centered = grouped - grouped.mean(dim=1, keepdim=True)
     if scale:
-        centered = centered / (grouped.std(dim=1, keepdim=True) + eps)
+        std = grouped.std(dim=1, keepdim=True)
+        centered = torch.where(std > 0, centered / (std + eps), torch.zeros_like(centered))
     return centered.reshape(-1)
 
 

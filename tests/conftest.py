@@ -1,0 +1,25 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real `thermorl` entry point in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "thermorl.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_policy():
+    from thermorl.config import ModelConfig
+    from thermorl.models import load_policy
+
+    return load_policy(ModelConfig(path="builtin:random"), seed=0)

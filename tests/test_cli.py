@@ -1,0 +1,72 @@
+"""The real `thermorl` command in a subprocess."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.mark.parametrize("command", ["train", "pretrain", "eval", "config"])
+def test_help(command):
+    result = run_cli(command, "--help")
+    assert result.returncode == 0
+    assert "Usage" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "rollout.group_size=1"], "rollout.group_size must be >= 2"),
+        (["--set", "nonsense.key=1"], "unknown config key nonsense"),
+        (["--set", "train.steps=abc"], "train.steps must be an integer"),
+        (["--config", "/nonexistent/c.yaml"], "config file not found"),
+        (["--set", "model.path=/nonexistent/model"], "is not a directory"),
+        (["--controller", "warm"], "temperature.controller must be one of"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(tmp_path, args, message):
+    out = tmp_path / "run"
+    result = run_cli("train", "--out", str(out), *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists(), "a failed start must not leave a run directory"
+
+
+def test_refuses_non_empty_output_dir(tmp_path):
+    (tmp_path / "keep.txt").write_text("precious")
+    result = run_cli("train", "--out", str(tmp_path), "--set", "model.path=builtin:random")
+    assert result.returncode == 2
+    assert "not empty" in result.stderr
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_short_train_writes_run_directory_and_eval_reads_it(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(
+        "train", "--out", str(out), "--steps", "3", "--seed", "1",
+        "--set", "model.path=builtin:random", "--set", "task.eval_size=40",
+        "--set", "train.eval_avg_problems=8", "--set", "train.eval_avg_k=2", "--set", "train.eval_every=2",
+        "--set", "log.progress=false",
+    )
+    assert result.returncode == 0, result.stderr
+    for name in ["config.yaml", "metrics.jsonl", "summary.json", "curves.png", "samples.jsonl"]:
+        assert (out / name).is_file(), name
+    assert any((out / "tensorboard").iterdir())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    for key in ["reward_mean", "loss", "temperature_mean", "entropy_mean", "step_time_s"]:
+        assert key in rows[1]
+    assert "eval_accuracy" in rows[2] and "eval_avg_at_k" in rows[2] and "eval_accuracy" not in rows[1]
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ["initial_eval_accuracy", "final_eval_accuracy", "steps", "wall_time_s"]:
+        assert key in summary
+    checkpoint = out / "checkpoints" / "step-000003"
+    assert (checkpoint / "model" / "model.safetensors").is_file()
+
+    result = run_cli("eval", "--checkpoint", str(out), "--k", "2", "--problems", "10")
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert scores["problems"] == 10 and 0.0 <= scores["greedy_accuracy"] <= 1.0

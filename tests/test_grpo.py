@@ -1,0 +1,74 @@
+"""Every GRPO equation against values computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from thermorl.algorithms import aggregate, approx_kl, clipped_policy_loss, group_advantages, kl_penalty, tempered_logprobs
+
+
+def test_group_advantages_std_normalised_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    adv = group_advantages(rewards, group_size=4, scale=True, eps=0.0)
+    # group 1: mean 0.25, unbiased std sqrt(((.75)^2 + 3 (.25)^2) / 3) = 0.5
+    assert adv[:4].tolist() == pytest.approx([1.5, -0.5, -0.5, -0.5])
+    # group 2 has no variance: advantage 0, not NaN
+    assert adv[4:].tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_group_advantages_drgrpo_only_centres():
+    rewards = torch.tensor([3.0, 1.0, 2.0, 2.0])
+    adv = group_advantages(rewards, group_size=2, scale=False)
+    assert adv.tolist() == pytest.approx([1.0, -1.0, 0.0, 0.0])
+
+
+def test_clipped_loss_by_hand():
+    old = torch.zeros(1, 4)
+    new = torch.log(torch.tensor([[1.5, 0.5, 1.1, 0.7]]))
+    loss, clipped = clipped_policy_loss(new, old, torch.tensor([1.0]), epsilon_low=0.2, epsilon_high=0.28)
+    # A > 0: -min(r, clip(r, 0.8, 1.28))
+    assert loss[0].tolist() == pytest.approx([-1.28, -0.5, -1.1, -0.7])
+    assert clipped[0].tolist() == [1.0, 0.0, 0.0, 0.0]
+    loss, clipped = clipped_policy_loss(new, old, torch.tensor([-2.0]), epsilon_low=0.2, epsilon_high=0.28)
+    # A < 0: -min(-2 r, -2 clip(r)) = 2 max(r, clip(r))
+    assert loss[0].tolist() == pytest.approx([3.0, 1.6, 2.2, 1.6])
+    assert clipped[0].tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_clipped_loss_gradient_is_zero_when_clipped():
+    new = torch.log(torch.tensor([[1.5]])).requires_grad_()
+    loss, _ = clipped_policy_loss(new, torch.zeros(1, 1), torch.tensor([1.0]), 0.2, 0.28)
+    loss.sum().backward()
+    assert new.grad.item() == 0.0
+
+
+def test_kl_estimators_by_hand():
+    logp = torch.tensor([math.log(0.5)])
+    ref = torch.tensor([math.log(0.25)])
+    assert kl_penalty(logp, ref, "k1").item() == pytest.approx(math.log(2))
+    # k3 = r - 1 - log r with r = pi_ref / pi = 0.5
+    assert kl_penalty(logp, ref, "k3").item() == pytest.approx(0.5 - 1 - math.log(0.5))
+    assert kl_penalty(logp, logp, "k3").item() == 0.0
+
+
+def test_aggregation_modes_differ_by_hand():
+    values = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+    assert aggregate(values, mask, "token_mean").item() == pytest.approx(8 / 5)
+    assert aggregate(values, mask, "seq_mean").item() == pytest.approx((1 + 4) / 2)
+
+
+def test_approx_kl_is_zero_on_policy():
+    logp = torch.randn(3, 5)
+    assert approx_kl(logp, logp, torch.ones(3, 5)).item() == 0.0
+
+
+def test_tempered_logprobs_by_hand():
+    logits = torch.tensor([[2.0, 0.0]])
+    token = torch.tensor([0])
+    logp, entropy = tempered_logprobs(logits, token, torch.tensor([2.0]))
+    # softmax([1, 0])[0] = e / (e + 1)
+    p = math.e / (math.e + 1)
+    assert logp.item() == pytest.approx(math.log(p))
+    assert entropy.item() == pytest.approx(-(p * math.log(p) + (1 - p) * math.log(1 - p)))
