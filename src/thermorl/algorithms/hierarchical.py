@@ -1,0 +1,124 @@
+"""The Introspective LLM's temperature policy as pure tensor functions (arXiv 2602.13035).
+
+A head reads the last hidden state h_t and outputs u_t. Two parametrisations:
+
+* beta (the paper): u = (u_c, u_alpha, u_beta); gate c_t ~ Bernoulli(sigmoid(u_c)); when the
+  gate fires, z_t ~ Beta(alpha, beta) with alpha = softplus(u_alpha) + eps,
+  beta = softplus(u_beta) + eps, and tau_t = tau_min + z_t (tau_max - tau_min); otherwise
+  tau_t = tau_{t-1}. Its log-probability is
+      log pi_phi(tau_t | h_t) = log P(c_t) + c_t log Beta(z_t; alpha, beta).
+* bins (ablation): u has K entries; b_t ~ Categorical(softmax(u)), tau_t = bins[b_t],
+      log pi_phi(tau_t | h_t) = log_softmax(u)[b_t].
+
+The temperature policy is trained with the token policy's group advantages A_i and its own
+clipped ratio rho_t = pi_phi(tau_t | h_t) / pi_phi_old(tau_t | h_t) (``temperature_policy_loss``).
+Shapes: any leading shape (...), e.g. (B,) at sampling time and (N, T) in training.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from thermorl.algorithms.grpo import aggregate, approx_kl, clipped_policy_loss
+
+Z_EPS = 1e-6  # Beta draws are clamped to [Z_EPS, 1 - Z_EPS] so log z and log(1 - z) stay finite
+
+
+def beta_head_parameters(u: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """u (..., 3) -> gate probability sigmoid(u_c), alpha = softplus(u_alpha) + eps, beta = softplus(u_beta) + eps."""
+    concentrations = F.softplus(u[..., 1:]) + eps
+    return torch.sigmoid(u[..., 0]), concentrations[..., 0], concentrations[..., 1]
+
+
+def clamp_unit(z: Tensor) -> Tensor:
+    """z clamped to [Z_EPS, 1 - Z_EPS] (sampling and scoring use the same clamp, so log-probs match)."""
+    return z.clamp(Z_EPS, 1.0 - Z_EPS)
+
+
+def unit_to_temperature(z: Tensor, tau_min: float, tau_max: float) -> Tensor:
+    """tau = tau_min + z (tau_max - tau_min)."""
+    return tau_min + z * (tau_max - tau_min)
+
+
+def beta_logprob(z: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+    """log Beta(z; a, b) = (a - 1) log z + (b - 1) log(1 - z) - [lgamma(a) + lgamma(b) - lgamma(a + b)]."""
+    z = clamp_unit(z)
+    log_norm = torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(alpha + beta)
+    return (alpha - 1.0) * torch.log(z) + (beta - 1.0) * torch.log1p(-z) - log_norm
+
+
+def hybrid_logprob(gate_logit: Tensor, alpha: Tensor, beta: Tensor, gate: Tensor, z: Tensor) -> Tensor:
+    """log P(c) + c log Beta(z; alpha, beta), with log P(c) = c log sigmoid(u_c) + (1 - c) log sigmoid(-u_c).
+
+    ``gate`` is a float 0/1 tensor; ``z`` is ignored where the gate is 0 (the temperature was
+    carried over, not drawn); its clamp keeps that unused term finite, so no NaN gradient leaks.
+    """
+    gate_logprob = -F.binary_cross_entropy_with_logits(gate_logit, gate, reduction="none")
+    return gate_logprob + gate * beta_logprob(z, alpha, beta)
+
+
+def temperature_logprob(u: Tensor, gate: Tensor, z: Tensor, eps: float) -> Tensor:
+    """log pi_phi(tau | h) = log P(c) + c log Beta(z; alpha, beta) from the beta head's outputs u (..., 3)."""
+    _, alpha, beta = beta_head_parameters(u, eps)
+    return hybrid_logprob(u[..., 0], alpha, beta, gate, z)
+
+
+def bins_logprob(u: Tensor, bin_index: Tensor) -> Tensor:
+    """log pi_phi(tau | h) = log_softmax(u)[b] for the categorical head; u (..., K), b (...)."""
+    return torch.log_softmax(u, dim=-1).gather(-1, bin_index.long().unsqueeze(-1)).squeeze(-1)
+
+
+def hybrid_entropy(u: Tensor, eps: float) -> Tensor:
+    """Entropy of the gate + Beta action: H(c) + P(c = 1) H(Beta(alpha, beta)).
+
+    H(c) = p softplus(-u_c) + (1 - p) softplus(u_c) with p = sigmoid(u_c); the carried-over
+    temperature (c = 0) is deterministic and adds nothing. Beta differential entropy:
+    H = log B(a, b) - (a - 1) psi(a) - (b - 1) psi(b) + (a + b - 2) psi(a + b).
+    """
+    p, alpha, beta = beta_head_parameters(u, eps)
+    gate_entropy = p * F.softplus(-u[..., 0]) + (1.0 - p) * F.softplus(u[..., 0])
+    total = alpha + beta
+    beta_entropy = (
+        torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(total)
+        - (alpha - 1.0) * torch.digamma(alpha) - (beta - 1.0) * torch.digamma(beta)
+        + (total - 2.0) * torch.digamma(total)
+    )
+    return gate_entropy + p * beta_entropy
+
+
+def bins_entropy(u: Tensor) -> Tensor:
+    """Entropy of the categorical head, -sum_k p_k log p_k."""
+    logp = torch.log_softmax(u, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def temperature_policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    epsilon: float,
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped temperature-policy loss with the token policy's group advantages, token mean.
+
+    rho_t = exp(log pi_phi(tau_t) - log pi_phi_old(tau_t));
+    L = mean_t -min(rho_t A_i, clip(rho_t, 1 - epsilon, 1 + epsilon) A_i) - entropy_coef * mean_t H_t.
+    Returns the loss and detached diagnostics (pg loss, clip fraction, approx KL, entropy).
+    """
+    pg, clipped = clipped_policy_loss(logprobs, old_logprobs, advantages, epsilon, epsilon)
+    pg_loss = aggregate(pg, mask)
+    loss = pg_loss
+    diagnostics = {
+        "pg_loss": pg_loss.detach(),
+        "clip_fraction": aggregate(clipped, mask),
+        "approx_kl": approx_kl(logprobs.detach(), old_logprobs, mask),
+    }
+    if entropy is not None:
+        mean_entropy = aggregate(entropy, mask)
+        loss = loss - entropy_coef * mean_entropy
+        diagnostics["entropy"] = mean_entropy.detach()
+    return loss, diagnostics

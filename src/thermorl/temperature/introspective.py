@@ -1,0 +1,164 @@
+"""Introspective LLM (arXiv 2602.13035): a small head reads h_t and picks each token's temperature.
+
+Beta head (the paper): u = W2 relu(W1 h_t + b1) + b2 in R^3; c_t ~ Bernoulli(sigmoid(u_c));
+c_t = 1 draws z_t ~ Beta(softplus(u_alpha) + eps, softplus(u_beta) + eps) and sets
+tau_t = tau_min + z_t (tau_max - tau_min); c_t = 0 keeps tau_{t-1} (tau_init before the first
+draw). Bins head (ablation): u in R^K, b_t ~ Categorical(softmax(u)), tau_t = bins[b_t].
+The equations live in ``thermorl.algorithms.hierarchical``; this module samples and trains.
+
+Training is coordinate ascent (LM-only phases, then head-only phases) or joint. The head's
+randomness comes from a generator the controller owns, seeded from the run seed (the
+checkpoint holds the head's weights only), so the same seed gives the same temperatures,
+also after a checkpoint round trip.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from thermorl.algorithms.grpo import aggregate
+from thermorl.algorithms.hierarchical import (
+    beta_head_parameters,
+    bins_entropy,
+    bins_logprob,
+    clamp_unit,
+    hybrid_entropy,
+    hybrid_logprob,
+    temperature_logprob,
+    temperature_policy_loss,
+    unit_to_temperature,
+)
+from thermorl.config import IntrospectiveConfig
+from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureController
+
+# The head's stream is seeded from the run seed plus this offset, so its draws are not the
+# same uniforms the token sampler (seeded with the run seed itself) consumes.
+_SEED_OFFSET = 0x7E3A_11CE
+
+
+class TemperatureHead(nn.Module):
+    """u = W2 relu(W1 h + b1) + b2, d -> d/2 -> outputs (3 for the Beta head, K for bins)."""
+
+    def __init__(self, hidden_size: int, outputs: int) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(hidden_size, max(hidden_size // 2, 1))
+        self.out = nn.Linear(max(hidden_size // 2, 1), outputs)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.out(torch.relu(self.hidden(h)))
+
+
+def _softplus_inverse(y: float) -> float:
+    """x with softplus(x) = y, for y > 0."""
+    return y + math.log(-math.expm1(-y))
+
+
+def initial_output_bias(config: IntrospectiveConfig) -> list[float]:
+    """b2 of a head whose W2 starts at zero: P(gate) = gate_init and a Beta with mean at tau_init
+    and alpha + beta = concentration_init (Beta head); uniform over the bins (bins head)."""
+    if config.head == "bins":
+        return [0.0] * len(config.bins)
+    mean = (config.tau_init - config.tau_min) / (config.tau_max - config.tau_min)
+    mean = min(max(mean, 0.05), 0.95)
+    alpha = max(mean * config.concentration_init - config.eps, 1e-3)
+    beta = max((1.0 - mean) * config.concentration_init - config.eps, 1e-3)
+    gate_logit = math.log(config.gate_init / (1.0 - config.gate_init))
+    return [gate_logit, _softplus_inverse(alpha), _softplus_inverse(beta)]
+
+
+class IntrospectiveController(TemperatureController):
+    name = "introspective"
+
+    def __init__(self, config: IntrospectiveConfig, env: ControllerEnv) -> None:
+        self.config = config
+        outputs = 3 if config.head == "beta" else len(config.bins)
+        self.head = TemperatureHead(env.hidden_size, outputs).to(env.device)
+        with torch.no_grad():
+            self.head.out.weight.zero_()
+            self.head.out.bias.copy_(torch.tensor(initial_output_bias(config)))
+        self.bins = torch.tensor(config.bins, device=env.device)
+        self.device = env.device
+        self.generator = torch.Generator(device=env.device).manual_seed((env.seed + _SEED_OFFSET) % 2**63)
+        self.previous = torch.empty(0, device=env.device)  # (num_rows,) tau_{t-1} of each row
+        self.step = 0
+
+    @property
+    def module(self) -> nn.Module:
+        return self.head
+
+    def trains_lm(self, training_step: int) -> bool:
+        if self.config.schedule == "joint":
+            return True
+        cycle = self.config.lm_phase_steps + self.config.head_phase_steps
+        return (training_step - 1) % cycle < self.config.lm_phase_steps
+
+    def trains_head(self, training_step: int) -> bool:
+        """Joint mode trains both every step; coordinate ascent trains the head when the LM rests."""
+        return self.config.schedule == "joint" or not self.trains_lm(training_step)
+
+    def start(self, num_rows: int, training_step: int) -> None:
+        self.step = training_step
+        self.previous = torch.full((num_rows,), self.config.tau_init, device=self.device)
+
+    def choose(self, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
+        u = self.head(ctx.hidden.to(self.head.out.weight.dtype))
+        if self.config.head == "bins":
+            return self._choose_bin(u)
+        config = self.config
+        gate_prob, alpha, beta = beta_head_parameters(u, config.eps)
+        gate = torch.bernoulli(gate_prob, generator=self.generator)
+        # Beta(a, b) is the first coordinate of Dirichlet(a, b); the private op is the only
+        # Beta/Gamma sampler in torch that takes a generator.
+        draw = torch._sample_dirichlet(torch.stack([alpha, beta], dim=-1), generator=self.generator)[:, 0]
+        z = clamp_unit(draw) * gate  # 0 where the gate did not fire
+        previous = self.previous[ctx.rows]
+        tau = torch.where(gate > 0, unit_to_temperature(z, config.tau_min, config.tau_max), previous)
+        tau = tau.clamp_(config.tau_min, config.tau_max)
+        self.previous[ctx.rows] = tau
+        records = {
+            "gate": gate,
+            "z": z,
+            "prev_temperature": previous,
+            "temp_logprob": hybrid_logprob(u[:, 0], alpha, beta, gate, z),
+        }
+        return tau, records
+
+    def _choose_bin(self, u: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        bin_index = torch.multinomial(torch.softmax(u, dim=-1), 1, generator=self.generator).squeeze(-1)
+        return self.bins[bin_index], {"bin": bin_index, "temp_logprob": bins_logprob(u, bin_index)}
+
+    def policy_loss(
+        self, hidden: Tensor, records: dict[str, Tensor], advantages: Tensor, mask: Tensor, training_step: int
+    ) -> tuple[Tensor | None, dict[str, float]]:
+        """Clipped temperature-policy loss on the recorded actions, or None while the head is frozen."""
+        metrics: dict[str, float] = {}
+        if "gate" in records:
+            metrics["temp_gate_rate"] = aggregate(records["gate"], mask).item()
+        if not self.trains_head(training_step):
+            return None, metrics
+        h = hidden.detach() if self.config.detach_hidden else hidden
+        u = self.head(h.to(self.head.out.weight.dtype))
+        if self.config.head == "bins":
+            logprobs, entropy = bins_logprob(u, records["bin"]), bins_entropy(u)
+        else:
+            logprobs = temperature_logprob(u, records["gate"], records["z"], self.config.eps)
+            entropy = hybrid_entropy(u, self.config.eps)
+        loss, diagnostics = temperature_policy_loss(
+            logprobs, records["temp_logprob"], advantages, mask, self.config.epsilon, entropy,
+            self.config.entropy_coef,
+        )
+        metrics.update({f"temp_{name}": value.item() for name, value in diagnostics.items()})
+        return loss, metrics
+
+    def metrics(self) -> dict[str, Any]:
+        return {"temp_head_phase": float(self.trains_head(self.step))}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {f"head.{k}": v for k, v in self.head.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
