@@ -55,7 +55,9 @@ def build_components(config: Config) -> Components:
         torch.set_num_threads(config.train.threads)
     policy = load_policy(config.model, seed=config.train.seed)
     task = build_task(config.task)
-    env = ControllerEnv(policy.hidden_size, config.train.steps, policy.device)
+    env = ControllerEnv(
+        policy.hidden_size, config.train.steps, policy.device, config.rollout.group_size, config.train.seed
+    )
     controller = build_controller(config.temperature, env)
     reference = None
     if config.algorithm.beta > 0:
@@ -257,8 +259,10 @@ def _train_loop(
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if config.log.plot:
         from thermorl.plots import plot_curves
+        from thermorl.temperature_plots import plot_run_temperatures
 
         plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png", f"{config.temperature.controller}, seed {seed}")
+        plot_run_temperatures(out_dir, config.temperature)
     return summary
 
 

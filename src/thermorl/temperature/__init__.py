@@ -8,12 +8,14 @@ from thermorl.temperature.ead import EADController
 from thermorl.temperature.entropy import EntropyController
 from thermorl.temperature.fixed import FixedController
 from thermorl.temperature.linear import LinearController
+from thermorl.temperature.tampo import TampoController
 
 CONTROLLERS: dict[str, type[TemperatureController]] = {
     "fixed": FixedController,
     "linear": LinearController,
     "ead": EADController,
     "entropy": EntropyController,
+    "tampo": TampoController,
 }
 
 

@@ -38,6 +38,8 @@ class ControllerEnv:
     hidden_size: int
     total_steps: int
     device: torch.device
+    group_size: int = 1  # consecutive rows sharing a prompt (rollouts are prompt-major)
+    seed: int = 0  # run seed, for controllers that own a random generator
 
 
 class TemperatureController:

@@ -9,10 +9,14 @@ from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureCon
 
 
 def linear_temperature(step: int, total_steps: int, start: float, end: float) -> float:
-    """tau(step) = start + (end - start) * step / (total_steps - 1), so step 0 gives start and the last step end."""
+    """tau(step) = start + (end - start) * (step - 1) / (total_steps - 1) for training steps 1..total_steps.
+
+    The first GRPO step samples at ``start`` and the last at ``end``; step 0 (the initial
+    evaluation) is clamped to ``start``.
+    """
     if total_steps <= 1:
         return start
-    fraction = min(max(step / (total_steps - 1), 0.0), 1.0)
+    fraction = min(max((step - 1) / (total_steps - 1), 0.0), 1.0)
     return start + (end - start) * fraction
 
 

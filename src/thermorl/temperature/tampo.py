@@ -1,0 +1,96 @@
+"""TAMPO: temperature as a meta-policy over candidate temperatures (arXiv 2602.11779).
+
+Inner loop: at ``start`` draw T_s from the top-p nucleus of pi(T) (one per batch, or one per
+prompt group) and sample every token of those rows at T_s; GRPO then trains at T_s.
+Outer loop (``after_update``): re-score the batch's own trajectories at every candidate
+with the logits of the training forward pass and move pi towards the temperatures that make
+high-advantage trajectories likely (equations in ``thermorl.algorithms.tampo``).
+
+The controller owns its random generator, so its draws are reproducible from the run seed
+and resume exactly from ``state_dict``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from thermorl.algorithms.tampo import candidate_loglikelihoods, tampo_outer_update, top_p_candidates
+from thermorl.config import TampoConfig
+from thermorl.errors import ConfigError
+from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureController
+
+
+class TampoController(TemperatureController):
+    name = "tampo"
+    needs_logits_after_update = True
+
+    def __init__(self, config: TampoConfig, env: ControllerEnv) -> None:
+        self.config = config
+        self.device = env.device
+        self.group_size = env.group_size if config.per_group else None
+        self.candidates = torch.tensor(config.candidates, dtype=torch.float32)
+        self.abar = torch.zeros(len(self.candidates))  # EMA of the temperature advantages A_bar
+        self.pi = torch.full((len(self.candidates),), 1.0 / len(self.candidates))
+        self.generator = torch.Generator().manual_seed(env.seed)
+        self.row_temperatures = torch.ones(1, device=self.device)  # T_s of every row of the last rollout
+        self.last_batch_advantage = torch.zeros(len(self.candidates))  # A_B of the last batch
+
+    def start(self, num_rows: int, training_step: int) -> None:
+        """Draw T_s ~ top_p(pi): once for the batch, or once per prompt group."""
+        draws = 1 if self.group_size is None else math.ceil(num_rows / self.group_size)
+        nucleus = top_p_candidates(self.pi, self.config.top_p)
+        chosen = torch.multinomial(nucleus, draws, replacement=True, generator=self.generator)
+        per_row = chosen.repeat_interleave(self.group_size or num_rows)[:num_rows]
+        self.row_temperatures = self.candidates[per_row].to(self.device)
+
+    def choose(self, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.row_temperatures[ctx.rows], {}
+
+    @torch.no_grad()
+    def after_update(
+        self, records: dict[str, Tensor], advantages: Tensor, mask: Tensor, tokens: Tensor, logits: Tensor | None
+    ) -> None:
+        """The outer update on this batch's trajectories, re-scored at every candidate."""
+        if logits is None:
+            raise RuntimeError("TAMPO's outer update needs the logits of the training forward pass")
+        fused = self.config.rescore_fused and logits.is_cuda
+        loglik = candidate_loglikelihoods(
+            logits, tokens, mask, self.candidates, self.config.rescore_chunk_tokens, fused
+        )
+        self.abar, self.pi, self.last_batch_advantage = tampo_outer_update(
+            self.abar, loglik.cpu(), advantages.cpu(), self.config.ema_alpha
+        )
+
+    def metrics(self) -> dict[str, Any]:
+        """Chosen temperature of the last rollout and pi after the last outer update (used next step)."""
+        values: dict[str, Any] = {
+            "tampo_temperature": round(self.row_temperatures.mean().item(), 6),
+            "tampo_distribution": [round(p, 6) for p in self.pi.tolist()],
+            "tampo_abar": [round(a, 6) for a in self.abar.tolist()],
+            "tampo_batch_advantage": [round(a, 6) for a in self.last_batch_advantage.tolist()],
+        }
+        if self.group_size is not None:
+            group_temperatures = self.row_temperatures[:: self.group_size].tolist()
+            values["tampo_group_temperatures"] = [round(t, 6) for t in group_temperatures]
+        return values
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "tampo.abar": self.abar.clone(),
+            "tampo.pi": self.pi.clone(),
+            "tampo.generator": self.generator.get_state(),
+            "candidates": list(self.config.candidates),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if list(state["candidates"]) != list(self.config.candidates):
+            raise ConfigError(
+                f"checkpoint TAMPO candidates {state['candidates']} differ from the config's {self.config.candidates}"
+            )
+        self.abar = state["tampo.abar"].float().cpu().clone()
+        self.pi = state["tampo.pi"].float().cpu().clone()
+        self.generator.set_state(state["tampo.generator"].cpu())
