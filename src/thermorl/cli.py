@@ -1,4 +1,4 @@
-"""Command line: ``thermorl train | pretrain | eval | config``.
+"""Command line: ``thermorl train | pretrain | eval | generate | config``.
 
 User errors (bad config, data, model path, output directory) print one line and exit 2.
 """
@@ -151,6 +151,51 @@ def evaluate(
     result["problems"] = len(selected)
     result["k"] = k
     print(json.dumps(result, indent=2))
+
+
+@app.command()
+def generate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run directory, a checkpoint directory, or a model directory."),
+    prompt: str = typer.Option(..., "--prompt", help="Prompt text, in the task's format (e.g. '3,7,2>23:')."),
+    show_temperatures: bool = typer.Option(
+        False, "--show-temperatures", help="Print every token coloured by its temperature, with the value."
+    ),
+    samples: int = typer.Option(1, "--samples", min=1, help="Completions to sample."),
+    seed: int = typer.Option(0, "--seed", help="Seed of token sampling and of the temperature policy."),
+) -> None:
+    """Decode a prompt with the checkpoint's temperature controller (the learned head for introspective runs)."""
+    import torch
+    from rich.text import Text
+
+    from thermorl.config import load_config
+    from thermorl.interpret import colour_range, temperature_colour
+    from thermorl.rollout import decode_completions, encode_prompts, sample
+    from thermorl.trainer import load_for_eval
+
+    try:
+        run_config, model_dir = _resolve_checkpoint(checkpoint)
+        cfg = load_config(run_config, ([f"model.path={model_dir}"] if model_dir else []) + [f"train.seed={seed}"])
+        policy, _, controller = load_for_eval(cfg)
+    except ThermoRLError as err:
+        fail(str(err))
+    prompt_ids, prompt_mask = encode_prompts(policy, [prompt] * samples)
+    generator = torch.Generator(device=policy.device).manual_seed(seed)
+    policy.model.eval()
+    batch = sample(policy, controller, prompt_ids, prompt_mask, cfg.rollout.max_new_tokens, generator)
+    console.print(f"controller {cfg.temperature.controller}, seed {seed}", highlight=False)
+    out = Console(highlight=False, soft_wrap=True)
+    lengths = batch.completion_mask.sum(-1).long().tolist()
+    low, high = colour_range([t for i, n in enumerate(lengths) for t in batch.temperatures[i, :n].tolist()])
+    for i, text in enumerate(decode_completions(policy, batch)):
+        if not show_temperatures:
+            out.print(text, markup=False)
+            continue
+        line = Text(f"sample {i + 1}: ")
+        for token, tau in zip(batch.completion_ids[i, : lengths[i]].tolist(), batch.temperatures[i].tolist()):
+            piece = policy.tokenizer.decode([token]).replace("\n", "\\n")
+            line.append(piece, style=f"black on {temperature_colour(tau, low, high)}")
+            line.append(f"⟨{tau:.2f}⟩ ", style="dim")
+        out.print(line)
 
 
 def _resolve_checkpoint(path: Path) -> tuple[Optional[Path], Optional[Path]]:

@@ -182,14 +182,31 @@ class IntrospectiveConfig:
     head_phase_steps: int = doc("Coordinate ascent: steps updating the head with the LM frozen.", 10)
     lr: float = doc("Learning rate of the temperature head.", 1e-3)
     entropy_coef: float = doc("Entropy bonus on the temperature policy (0 = off).", 0.0)
+    epsilon: float = doc("Clip range of the temperature policy's own ratio (1 +- epsilon).", 0.2)
+    gate_init: float = doc("P(gate fires) of the freshly initialised head (its output layer starts at zero).", 0.5)
+    concentration_init: float = doc(
+        "alpha + beta of the initial Beta head; its mean is placed at tau_init (larger = narrower).", 10.0
+    )
 
     def validate(self) -> None:
-        _temperature(self, "tau_init", "tau_min", "tau_max", section="temperature.introspective")
+        section = "temperature.introspective"
+        _temperature(self, "tau_init", "tau_min", "tau_max", section=section)
         if self.tau_min >= self.tau_max:
-            raise ConfigError("temperature.introspective.tau_min must be < tau_max")
-        _positive(self, "eps", "lr", section="temperature.introspective")
+            raise ConfigError(f"{section}.tau_min must be < tau_max")
+        if not self.tau_min <= self.tau_init <= self.tau_max:
+            raise ConfigError(f"{section}.tau_init must be in [tau_min, tau_max], got {self.tau_init}")
+        if len(self.bins) < 2 or any(not self.tau_min <= t <= self.tau_max for t in self.bins):
+            raise ConfigError(f"{section}.bins needs >= 2 temperatures in [tau_min, tau_max], got {self.bins}")
+        _positive(self, "eps", "lr", "concentration_init", section=section)
+        _unit_interval(self, "epsilon", section=section)
+        if not 0 < self.gate_init < 1:
+            raise ConfigError(f"{section}.gate_init must be in (0, 1), got {self.gate_init}")
+        if self.entropy_coef < 0:
+            raise ConfigError(f"{section}.entropy_coef must be >= 0, got {self.entropy_coef}")
         if self.lm_phase_steps < 0 or self.head_phase_steps < 0:
-            raise ConfigError("temperature.introspective phase lengths must be >= 0")
+            raise ConfigError(f"{section} phase lengths must be >= 0")
+        if self.schedule == "coordinate" and self.lm_phase_steps + self.head_phase_steps == 0:
+            raise ConfigError(f"{section}: coordinate ascent needs lm_phase_steps + head_phase_steps > 0")
 
 
 @dataclass

@@ -258,11 +258,16 @@ def _train_loop(
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if config.log.plot:
+        from thermorl.interpret import write_temperature_report
         from thermorl.plots import plot_curves
         from thermorl.temperature_plots import plot_run_temperatures
 
         plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png", f"{config.temperature.controller}, seed {seed}")
         plot_run_temperatures(out_dir, config.temperature)
+        write_temperature_report(
+            c.policy, c.task, c.controller, out_dir, rollout.max_new_tokens, seed, config.train.steps,
+            f"{config.temperature.controller}, seed {seed}",
+        )
     return summary
 
 
@@ -291,9 +296,10 @@ def load_for_eval(config: Config) -> tuple[Policy, Task, TemperatureController]:
     that holds ``config.model.path`` (when the model lives in a checkpoint)."""
     policy = load_policy(config.model)
     task = build_task(config.task)
-    controller = build_controller(
-        config.temperature, ControllerEnv(policy.hidden_size, config.train.steps, policy.device)
+    env = ControllerEnv(
+        policy.hidden_size, config.train.steps, policy.device, config.rollout.group_size, config.train.seed
     )
+    controller = build_controller(config.temperature, env)
     checkpoint_dir = Path(config.model.path).parent
     if (checkpoint_dir / "state.json").is_file():
         state, controller_tensors, _ = ckpt.load_checkpoint_state(checkpoint_dir)

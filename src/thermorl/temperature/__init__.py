@@ -7,6 +7,7 @@ from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureCon
 from thermorl.temperature.ead import EADController
 from thermorl.temperature.entropy import EntropyController
 from thermorl.temperature.fixed import FixedController
+from thermorl.temperature.introspective import IntrospectiveController
 from thermorl.temperature.linear import LinearController
 from thermorl.temperature.tampo import TampoController
 
@@ -16,6 +17,7 @@ CONTROLLERS: dict[str, type[TemperatureController]] = {
     "ead": EADController,
     "entropy": EntropyController,
     "tampo": TampoController,
+    "introspective": IntrospectiveController,
 }
 
 
