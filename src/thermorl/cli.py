@@ -70,7 +70,6 @@ def train(
 ) -> None:
     """Train with GRPO and a temperature controller; writes config, metrics, checkpoints, plots to the run directory."""
     from thermorl.config import load_config
-    from thermorl.trainer import train as run_training
 
     extra = list(overrides)
     if steps is not None:
@@ -81,6 +80,8 @@ def train(
         extra.append(f"temperature.controller={controller}")
     try:
         cfg = load_config(config, extra)
+        from thermorl.trainer import train as run_training  # heavy imports only once the config is valid
+
         run_dir = out or _default_out(cfg.temperature.controller)
         progress = TrainProgress(cfg.log.progress)
         try:

@@ -9,6 +9,7 @@ models compute logits in chunks.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,14 +42,17 @@ class Policy:
         self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Cache | None = None
     ) -> tuple[Tensor, Cache | None]:
         """Last-layer hidden states (B, L, d) and the updated cache."""
-        out = self.model.get_decoder()(
+        decoder = self.model.get_decoder()
+        # transformers >= 5.2x names the KV cache `cache`; earlier releases `past_key_values`.
+        cache_kwarg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+        out = decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             use_cache=cache is not None,
+            **{cache_kwarg: cache},
         )
-        return out.last_hidden_state, out.cache
+        return out.last_hidden_state, getattr(out, cache_kwarg, None)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Float32 logits from hidden states of any leading shape."""
