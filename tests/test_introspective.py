@@ -168,7 +168,9 @@ def test_checkpoint_round_trip_reproduces_temperatures(components, tmp_path):
     ckpt.save_checkpoint(tmp_path, 1, c.policy.model, c.policy.tokenizer, trained.state_dict(), {},
                          torch.Generator(), random.Random(0), keep=1)
     saved = ckpt.list_checkpoints(tmp_path)[-1]
-    assert set(load_file(str(saved / "controller.safetensors"))) == {f"head.{k}" for k in trained.head.state_dict()}
+    assert set(load_file(str(saved / "controller.safetensors"))) == {f"head.{k}" for k in trained.head.state_dict()} | {
+        "generator"
+    }
     overrides = TINY[1:] + ["temperature.controller=introspective", f"model.path={saved / 'model'}"]
     policy, _, loaded = load_for_eval(load_config(None, overrides + ["train.seed=11"]))
     reference = _sample(c.policy, trained, seed=4)

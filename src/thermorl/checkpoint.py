@@ -9,22 +9,30 @@ Layout of ``RUN/checkpoints/step-000100/``:
 
 A checkpoint is written into a temporary sibling directory, fsynced, then renamed, so a
 crash never leaves a half-written ``step-*`` directory. Nothing is unpickled on load.
+Resuming takes the newest checkpoint whose manifest verifies and skips (with a warning)
+any that a crash, a full disk or a bit flip left broken.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from thermorl.errors import CheckpointError
+
 CHECKPOINT_PREFIX = "step-"
+log = logging.getLogger(__name__)
 
 
 def split_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -53,16 +61,41 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, to
     state: dict[int, dict[str, Any]] = {}
     for name, tensor in tensors.items():
         param_id, key = name.split(".", 1)
-        state.setdefault(int(param_id), {})[key] = tensor
+        # a copy: safetensors memory-maps the file, which would otherwise stay mapped (and its disk
+        # space held after the checkpoint is pruned) for as long as the optimizer lives
+        state.setdefault(int(param_id), {})[key] = tensor.clone()
     for name, value in meta.get("scalars", {}).items():
         param_id, key = name.split(".", 1)
         state.setdefault(int(param_id), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def rng_state(generator: torch.Generator, data_rng: random.Random) -> tuple[dict[str, torch.Tensor], dict]:
+def rng_state(
+    generator: torch.Generator, data_rng: random.Random, eval_generator: torch.Generator | None = None
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Every random stream of a run: torch (CPU and initialised CUDA devices), sampler, evaluation, data order."""
     tensors = {"rng.torch": torch.get_rng_state(), "rng.sampler": generator.get_state()}
+    if eval_generator is not None:
+        tensors["rng.eval"] = eval_generator.get_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors.update({f"rng.cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
     return tensors, {"python": _to_json(data_rng.getstate())}
+
+
+def restore_rng(
+    tensors: dict[str, torch.Tensor], state: dict[str, Any], generator: torch.Generator, data_rng: random.Random,
+    eval_generator: torch.Generator | None = None,
+) -> None:
+    """Inverse of ``rng_state``."""
+    torch.set_rng_state(tensors["rng.torch"])
+    generator.set_state(tensors["rng.sampler"])
+    if eval_generator is not None and "rng.eval" in tensors:
+        eval_generator.set_state(tensors["rng.eval"])
+    cuda_devices = sorted(int(name.rsplit(".", 1)[1]) for name in tensors if name.startswith("rng.cuda."))
+    cuda = [tensors[f"rng.cuda.{i}"] for i in cuda_devices]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    data_rng.setstate(from_json_rng(state["rng"]["python"]))
 
 
 def save_checkpoint(
@@ -75,12 +108,36 @@ def save_checkpoint(
     generator: torch.Generator,
     data_rng: random.Random,
     keep: int,
+    eval_generator: torch.Generator | None = None,
+    trainer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Atomically write checkpoint ``step`` and prune to the ``keep`` most recent."""
+    """Atomically write checkpoint ``step`` and prune to the ``keep`` most recent.
+
+    A write that fails (disk full, permissions) removes its temporary directory, leaves every
+    earlier checkpoint as it was, and raises ``CheckpointError``.
+    """
     root = run_dir / "checkpoints"
-    root.mkdir(exist_ok=True)
     final = root / f"{CHECKPOINT_PREFIX}{step:06d}"
     tmp = root / f".tmp-{final.name}"
+    try:
+        _write_checkpoint(
+            root, tmp, final, step, model, tokenizer, controller_state, optimizers, generator, data_rng,
+            eval_generator, trainer_state or {},
+        )
+    except (OSError, SafetensorError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"cannot write checkpoint {final}: {_io_reason(err)}") from None
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_checkpoint(
+    root: Path, tmp: Path, final: Path, step: int, model: Any, tokenizer: Any, controller_state: dict[str, Any],
+    optimizers: dict[str, torch.optim.Optimizer | None], generator: torch.Generator, data_rng: random.Random,
+    eval_generator: torch.Generator | None, trainer_state: dict[str, Any],
+) -> None:
+    root.mkdir(exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     model.save_pretrained(tmp / "model")
@@ -94,9 +151,12 @@ def save_checkpoint(
         tensors, meta = optimizer_state(optimizer)
         optimizer_tensors.update({f"{name}.{k}": v for k, v in tensors.items()})
         optimizer_meta[name] = meta
-    rng_tensors, rng_meta = rng_state(generator, data_rng)
+    rng_tensors, rng_meta = rng_state(generator, data_rng, eval_generator)
     save_file({**optimizer_tensors, **rng_tensors}, str(tmp / "optimizer.safetensors"))
-    state = {"step": step, "controller": controller_rest, "optimizers": optimizer_meta, "rng": rng_meta}
+    state = {
+        "step": step, "controller": controller_rest, "optimizers": optimizer_meta, "rng": rng_meta,
+        "trainer": trainer_state,
+    }
     (tmp / "state.json").write_text(json.dumps(state))
 
     manifest = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -106,9 +166,6 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(root)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -130,10 +187,61 @@ def verify_checkpoint(path: Path) -> bool:
     return all((path / name).is_file() and _sha256(path / name) == digest for name, digest in manifest.items())
 
 
+def latest_valid_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint whose manifest verifies; broken newer ones are skipped with a warning."""
+    for path in reversed(list_checkpoints(run_dir)):
+        if verify_checkpoint(path):
+            return path
+        log.warning("skipping checkpoint %s: missing files or checksum mismatch (partial or corrupted)", path)
+    return None
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name[len(CHECKPOINT_PREFIX):])
+
+
+def load_model_weights(model: torch.nn.Module, model_dir: Path) -> None:
+    """Copy the weights saved by ``save_pretrained`` in ``model_dir`` into ``model`` (tied weights allowed)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(model_dir.glob("*.safetensors")):
+        tensors.update(load_file(str(file)))
+    current = model.state_dict()
+    for name, tensor in tensors.items():
+        if name in current and current[name].shape != tensor.shape:
+            raise CheckpointError(
+                f"checkpoint {model_dir} does not match the configured model: {name} has shape "
+                f"{tuple(tensor.shape)} there and {tuple(current[name].shape)} in the model"
+            )
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    tied = {name for name in missing if _is_tied(model, name, tensors)}
+    if unexpected or set(missing) - tied:
+        raise CheckpointError(
+            f"checkpoint {model_dir} does not match the configured model "
+            f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+
+
+def _is_tied(model: torch.nn.Module, name: str, saved: dict[str, torch.Tensor]) -> bool:
+    """Whether parameter ``name`` shares storage with a parameter that was saved (e.g. tied embeddings)."""
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    if name not in parameters:
+        return False
+    pointer = parameters[name].data_ptr()
+    return any(other in saved and p.data_ptr() == pointer for other, p in parameters.items() if other != name)
+
+
 def load_checkpoint_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(state.json, controller tensors, optimizer + RNG tensors) of a checkpoint directory."""
     state = json.loads((path / "state.json").read_text())
     return state, load_file(str(path / "controller.safetensors")), load_file(str(path / "optimizer.safetensors"))
+
+
+def _io_reason(err: Exception) -> str:
+    """'No space left on device' from an OSError or from safetensors' '... (os error 28)'."""
+    if getattr(err, "strerror", None):
+        return err.strerror
+    code = re.search(r"os error (\d+)", str(err))
+    return os.strerror(int(code[1])) if code else str(err).strip().splitlines()[0]
 
 
 def _sha256(path: Path) -> str:

@@ -52,7 +52,8 @@ class TrainProgress:
         )
 
     def stop(self) -> None:
-        self.bar.stop()
+        if self.task is not None:  # an unstarted bar would still print a blank line
+            self.bar.stop()
 
 
 def _default_out(controller: str) -> Path:
@@ -67,8 +68,14 @@ def train(
     steps: Optional[int] = typer.Option(None, help="Shortcut for --set train.steps=N."),
     seed: Optional[int] = typer.Option(None, help="Shortcut for --set train.seed=N."),
     controller: Optional[str] = typer.Option(None, help="Shortcut for --set temperature.controller=NAME."),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", help="Continue this run directory from its newest valid checkpoint (uses its config.yaml)."
+    ),
 ) -> None:
-    """Train with GRPO and a temperature controller; writes config, metrics, checkpoints, plots to the run directory."""
+    """Train with GRPO and a temperature controller; writes config, metrics, checkpoints, plots to the run directory.
+
+    Ctrl-C finishes the current step, saves a checkpoint and exits with code 130; continue with --resume RUN.
+    """
     from thermorl.config import load_config
 
     extra = list(overrides)
@@ -79,17 +86,26 @@ def train(
     if controller is not None:
         extra.append(f"temperature.controller={controller}")
     try:
+        if resume is not None:
+            config = _resume_config(resume, config, out)
         cfg = load_config(config, extra)
         from thermorl.trainer import train as run_training  # heavy imports only once the config is valid
 
-        run_dir = out or _default_out(cfg.temperature.controller)
+        run_dir = resume or out or _default_out(cfg.temperature.controller)
         progress = TrainProgress(cfg.log.progress)
         try:
-            summary = run_training(cfg, run_dir, progress)
+            summary = run_training(cfg, run_dir, progress, resume=resume is not None)
         finally:
             progress.stop()
     except ThermoRLError as err:
         fail(str(err))
+    if summary.get("interrupted"):
+        console.print(
+            f"interrupted after step {summary['step']}; checkpoint {summary['checkpoint']}; "
+            f"continue with: thermorl train --resume {run_dir}",
+            highlight=False, soft_wrap=True,
+        )
+        raise typer.Exit(code=130)
     table = Table(title=f"run {run_dir}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -146,7 +162,10 @@ def evaluate(
         selected = task.eval_problems()[:problems]
         generator = torch.Generator(device=policy.device).manual_seed(seed)
         result = {"greedy_accuracy": greedy_accuracy(policy, task, selected, cfg.rollout.max_new_tokens)}
-        result.update(sampled_metrics(policy, task, selected, controller, k, cfg.rollout.max_new_tokens, generator))
+        result.update(sampled_metrics(
+            policy, task, selected, controller, k, cfg.rollout.max_new_tokens, generator,
+            temperature_range=(cfg.rollout.temperature_min, cfg.rollout.temperature_max),
+        ))
     except ThermoRLError as err:
         fail(str(err))
     result["problems"] = len(selected)
@@ -182,7 +201,8 @@ def generate(
     prompt_ids, prompt_mask = encode_prompts(policy, [prompt] * samples)
     generator = torch.Generator(device=policy.device).manual_seed(seed)
     policy.model.eval()
-    batch = sample(policy, controller, prompt_ids, prompt_mask, cfg.rollout.max_new_tokens, generator)
+    batch = sample(policy, controller, prompt_ids, prompt_mask, cfg.rollout.max_new_tokens, generator,
+                   temperature_range=(cfg.rollout.temperature_min, cfg.rollout.temperature_max))
     console.print(f"controller {cfg.temperature.controller}, seed {seed}", highlight=False)
     out = Console(highlight=False, soft_wrap=True)
     lengths = batch.completion_mask.sum(-1).long().tolist()
@@ -197,6 +217,15 @@ def generate(
             line.append(piece, style=f"black on {temperature_colour(tau, low, high)}")
             line.append(f"⟨{tau:.2f}⟩ ", style="dim")
         out.print(line)
+
+
+def _resume_config(run_dir: Path, config: Optional[Path], out: Optional[Path]) -> Path:
+    """The config of the run to resume; --config and --out would contradict it."""
+    if config is not None or out is not None:
+        raise ThermoRLError("--resume takes the run's own config.yaml and directory; drop --config/--out")
+    if not (run_dir / "config.yaml").is_file():
+        raise ThermoRLError(f"cannot resume {run_dir}: not a thermorl run directory (no config.yaml)")
+    return run_dir / "config.yaml"
 
 
 def _resolve_checkpoint(path: Path) -> tuple[Optional[Path], Optional[Path]]:

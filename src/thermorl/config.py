@@ -22,6 +22,8 @@ import yaml
 
 from thermorl.errors import ConfigError
 
+MAX_TASK_NUMBER = 9999  # the synthetic tasks' answer parser reads numbers of at most 4 digits
+
 
 def doc(help_text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
     """A dataclass field carrying its help text (shown by ``thermorl config --help``)."""
@@ -66,9 +68,20 @@ class TaskConfig:
     max_result: int = doc("Targets and intermediate results stay in 0..max_result.", 99)
     eval_size: int = doc("Held-out problems (disjoint from training prompts) for greedy accuracy.", 1000)
     eval_seed: int = doc("Seed of the held-out split; fixed so every run is scored on the same problems.", 1234)
+    reward_timeout_s: float = doc(
+        "Seconds one reward-function call may take; a call past it scores 0 and is counted (reward_timeouts).", 10.0
+    )
+    reward_fail_fast: bool = doc(
+        "Stop the run (exit 2) on the first reward-function exception, timeout or NaN instead of scoring it 0.", False
+    )
 
     def validate(self) -> None:
-        _positive(self, "max_operand", "max_result", "eval_size")
+        _positive(self, "max_operand", "max_result", "eval_size", "reward_timeout_s")
+        if max(self.max_operand, self.max_result) > MAX_TASK_NUMBER:
+            raise ConfigError(
+                f"task.max_operand and task.max_result must be <= {MAX_TASK_NUMBER} (the answer parser reads "
+                f"at most 4-digit numbers), got {self.max_operand} and {self.max_result}"
+            )
         if self.num_operands < 2:
             raise ConfigError(f"task.num_operands must be >= 2, got {self.num_operands}")
 
@@ -78,11 +91,17 @@ class RolloutConfig:
     prompts_per_step: int = doc("Distinct prompts sampled per GRPO step.", 16)
     group_size: int = doc("Completions per prompt (G in GRPO); advantages are computed within a group.", 8)
     max_new_tokens: int = doc("Generation stops at EOS or after this many tokens.", 24)
+    temperature_min: float = doc("Every sampled temperature is clamped to at least this, whatever the controller.", 0.05)
+    temperature_max: float = doc("Every sampled temperature is clamped to at most this, whatever the controller.", 5.0)
 
     def validate(self) -> None:
-        _positive(self, "prompts_per_step", "max_new_tokens")
+        _positive(self, "prompts_per_step", "max_new_tokens", "temperature_min")
         if self.group_size < 2:
             raise ConfigError(f"rollout.group_size must be >= 2, got {self.group_size}")
+        if self.temperature_min >= self.temperature_max:
+            raise ConfigError(
+                f"rollout.temperature_min must be < temperature_max, got {self.temperature_min} >= {self.temperature_max}"
+            )
 
 
 @dataclass
@@ -263,11 +282,19 @@ class TrainConfig:
     checkpoint_every: int = doc("Save a checkpoint every N steps (and at the end); 0 = only at the end.", 100)
     keep_checkpoints: int = doc("Most recent checkpoints kept.", 2)
     threads: int = doc("torch CPU threads (0 = torch's default).", 0)
+    max_bad_steps: int = doc(
+        "Stop after this many consecutive steps skipped for NaN/inf logits, loss or gradients.", 5
+    )
 
     def validate(self) -> None:
-        _positive(self, "steps", "eval_every", "eval_avg_k", "eval_avg_problems", "keep_checkpoints", section="train")
+        _positive(
+            self, "steps", "eval_every", "eval_avg_k", "eval_avg_problems", "keep_checkpoints", "max_bad_steps",
+            section="train",
+        )
         if self.checkpoint_every < 0 or self.threads < 0:
             raise ConfigError("train.checkpoint_every and train.threads must be >= 0")
+        if not 0 <= self.seed < 2**62:  # torch generators take 64-bit seeds; derived seeds add offsets
+            raise ConfigError(f"train.seed must be in [0, 2**62), got {self.seed}")
 
 
 @dataclass
@@ -398,6 +425,8 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number, got {value!r}")
+        if isinstance(value, int) and abs(value) > 2**1023:  # float() would overflow
+            raise ConfigError(f"{name} must be finite, got an integer of {len(str(abs(value)))} digits")
         if value != value or value in (float("inf"), float("-inf")):
             raise ConfigError(f"{name} must be finite, got {value!r}")
         return float(value)

@@ -19,3 +19,15 @@ class ModelLoadError(ThermoRLError):
 
 class RewardError(ThermoRLError):
     """A reward function that raised, hung, or returned invalid values."""
+
+
+class CheckpointError(ThermoRLError):
+    """A checkpoint that cannot be written (e.g. disk full) or no valid checkpoint to resume from."""
+
+
+class TrainingDivergedError(ThermoRLError):
+    """Too many consecutive steps with non-finite logits, loss or gradients."""
+
+
+class NonFiniteError(ArithmeticError):
+    """NaN or inf in logits, temperatures, loss or gradients; the trainer skips the step."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from thermorl.models.policy import Policy
-from thermorl.rollout import decode_completions, encode_prompts, sample
+from thermorl.rollout import TEMPERATURE_RANGE, decode_completions, encode_prompts, sample
 from thermorl.tasks.base import Problem, Task
 from thermorl.temperature.base import TemperatureController
 from thermorl.temperature.fixed import FixedController
@@ -32,8 +33,11 @@ def score_problems(
     generator: torch.Generator | None = None,
     batch_rows: int = 1024,
     training_step: int = 0,
+    temperature_range: tuple[float, float] = TEMPERATURE_RANGE,
+    reward: Callable[[Problem, str], float] | None = None,
 ) -> list[list[float]]:
-    """Rewards[problem][sample] of ``samples`` completions per problem."""
+    """Rewards[problem][sample] of ``samples`` completions per problem (``reward`` defaults to the task's)."""
+    reward = reward or task.reward
     rows = [p for p in problems for _ in range(samples)]
     rewards: list[float] = []
     was_training = policy.model.training
@@ -41,19 +45,25 @@ def score_problems(
     for start in range(0, len(rows), batch_rows):
         chunk = rows[start : start + batch_rows]
         prompt_ids, prompt_mask = encode_prompts(policy, [p.prompt for p in chunk])
-        batch = sample(policy, controller, prompt_ids, prompt_mask, max_new_tokens, generator, greedy, training_step)
-        rewards.extend(task.reward(p, text) for p, text in zip(chunk, decode_completions(policy, batch)))
+        batch = sample(
+            policy, controller, prompt_ids, prompt_mask, max_new_tokens, generator, greedy, training_step,
+            temperature_range,
+        )
+        rewards.extend(reward(p, text) for p, text in zip(chunk, decode_completions(policy, batch)))
     policy.model.train(was_training)
     return [rewards[i * samples : (i + 1) * samples] for i in range(len(problems))]
 
 
-def greedy_accuracy(policy: Policy, task: Task, problems: list[Problem], max_new_tokens: int) -> float:
+def greedy_accuracy(
+    policy: Policy, task: Task, problems: list[Problem], max_new_tokens: int,
+    reward: Callable[[Problem, str], float] | None = None,
+) -> float:
     """Fraction of problems solved by greedy decoding (the temperature is irrelevant to argmax)."""
     from thermorl.config import FixedConfig
     from thermorl.temperature.base import ControllerEnv
 
     controller = FixedController(FixedConfig(), ControllerEnv(policy.hidden_size, 1, policy.device))
-    scores = score_problems(policy, task, problems, controller, 1, max_new_tokens, greedy=True)
+    scores = score_problems(policy, task, problems, controller, 1, max_new_tokens, greedy=True, reward=reward)
     return sum(s[0] for s in scores) / len(scores)
 
 
@@ -66,10 +76,13 @@ def sampled_metrics(
     max_new_tokens: int,
     generator: torch.Generator,
     training_step: int = 0,
+    temperature_range: tuple[float, float] = TEMPERATURE_RANGE,
+    reward: Callable[[Problem, str], float] | None = None,
 ) -> dict[str, float]:
     """avg@k (mean reward of k samples) and pass@k over ``problems``, sampling with ``controller``."""
     scores = score_problems(
-        policy, task, problems, controller, k, max_new_tokens, False, generator, training_step=training_step
+        policy, task, problems, controller, k, max_new_tokens, False, generator, training_step=training_step,
+        temperature_range=temperature_range, reward=reward,
     )
     avg = sum(sum(s) / k for s in scores) / len(scores)
     passed = sum(pass_at_k(k, int(sum(s)), k) for s in scores) / len(scores)

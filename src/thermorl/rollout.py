@@ -5,6 +5,8 @@ drawn from softmax(logits / temperature) and the sampler records, per token: id,
 temperature, tempered log-prob, entropy, and the controller's own records. Rows that emit
 EOS are dropped from the batch (and from the KV cache), so finished completions cost nothing.
 Prompts are left-padded; position ids skip the padding so every row sees positions 0, 1, ...
+Every temperature is clamped to a global range (``RolloutConfig.temperature_min/max``) whatever
+the controller returns; NaN/inf logits or temperatures raise ``NonFiniteError``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from thermorl.algorithms.logprobs import tempered_logprobs
+from thermorl.errors import NonFiniteError
 from thermorl.models.policy import Policy
 from thermorl.temperature.base import StepContext, TemperatureController
 
+TEMPERATURE_RANGE = (0.05, 5.0)  # the defaults of RolloutConfig.temperature_min / temperature_max
 
 @dataclass
 class RolloutBatch:
@@ -85,8 +89,12 @@ def sample(
     generator: torch.Generator | None = None,
     greedy: bool = False,
     training_step: int = 0,
+    temperature_range: tuple[float, float] = TEMPERATURE_RANGE,
 ) -> RolloutBatch:
-    """Generate one completion per prompt row; ``greedy`` takes the argmax (temperature ignored)."""
+    """Generate one completion per prompt row; ``greedy`` takes the argmax (temperature ignored).
+
+    Raises ``NonFiniteError`` on NaN/inf logits or temperatures (the trainer skips such a step).
+    """
     num_rows, device = prompt_ids.shape[0], prompt_ids.device
     eos_id, pad_id = policy.tokenizer.eos_token_id, policy.tokenizer.pad_token_id
     tokens = torch.full((num_rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -108,6 +116,11 @@ def sample(
     for t in range(max_new_tokens):
         logits = policy.logits(hidden)
         tau, step_records = controller.choose(StepContext(logits, hidden, t, rows, training_step))
+        if not torch.isfinite(logits).all():
+            raise NonFiniteError(f"non-finite logits at completion token {t}")
+        if not torch.isfinite(tau).all():
+            raise NonFiniteError(f"non-finite temperature from the {controller.name} controller at token {t}")
+        tau = tau.clamp(*temperature_range)
         if greedy:
             token = logits.argmax(-1)
         else:

@@ -10,13 +10,19 @@ One GRPO step (DeepSeekMath, Algorithm 1, with per-token temperatures):
   4. for mu epochs over minibatches: recompute log pi(y_t | tau_t) at the recorded tau_t,
      clipped-ratio loss (+ beta KL to the reference), plus the controller's own loss;
   5. the controller's outer update (TAMPO), logging, evaluation, checkpoint.
+
+A step with NaN/inf logits, temperatures, loss or gradients is skipped (no optimizer step) and
+counted (``skipped_steps``); ``train.max_bad_steps`` in a row stop the run with a valid last
+checkpoint. Rewards go through a ``RewardGuard`` (timeouts, exceptions, NaN). Ctrl-C finishes
+the step, saves a checkpoint and returns; ``resume=True`` continues from the newest valid one.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import random
+import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +33,17 @@ import torch
 from thermorl import checkpoint as ckpt
 from thermorl.algorithms.grpo import aggregate, approx_kl, clipped_policy_loss, group_advantages, kl_penalty
 from thermorl.config import Config, dump_config
-from thermorl.errors import ThermoRLError
+from thermorl.errors import ModelLoadError, NonFiniteError, ThermoRLError, TrainingDivergedError
 from thermorl.evaluate import greedy_accuracy, sampled_metrics
 from thermorl.models.policy import Policy, load_policy
+from thermorl.resume import GracefulStop, LoopState, find_resume_point, restore, rewind_run_dir
+from thermorl.reward_guard import RewardGuard
 from thermorl.rollout import RolloutBatch, decode_completions, encode_prompts, sample, score
 from thermorl.tasks import Task, build_task
 from thermorl.temperature import ControllerEnv, TemperatureController, build_controller
 from thermorl.tracking import RunLogger
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,6 +56,7 @@ class Components:
     controller: TemperatureController
     lm_optimizer: torch.optim.Optimizer
     head_optimizer: torch.optim.Optimizer | None
+    reward: RewardGuard | None = None  # the task's reward behind a timeout and value checks
 
 
 def build_components(config: Config) -> Components:
@@ -69,7 +80,12 @@ def build_components(config: Config) -> Components:
     if controller.module is not None:
         head_lr = getattr(getattr(config.temperature, config.temperature.controller), "lr", config.algorithm.lr)
         head_optimizer = torch.optim.AdamW(controller.module.parameters(), lr=head_lr)
-    return Components(policy, reference, task, controller, lm_optimizer, head_optimizer)
+    reward_name = getattr(task.reward, "name", f"of task {config.task.name}")  # a user function's module:function
+    reward = RewardGuard(task.reward, reward_name, config.task.reward_timeout_s, config.task.reward_fail_fast)
+    c = Components(policy, reference, task, controller, lm_optimizer, head_optimizer, reward)
+    if not _finite_parameters(c):
+        raise ModelLoadError(f"model {config.model.path} has NaN or inf parameters")
+    return c
 
 
 def grpo_update(
@@ -120,6 +136,8 @@ def grpo_update(
             if head_loss is not None:
                 loss = loss + head_loss
             if loss.requires_grad:
+                if not torch.isfinite(loss):
+                    raise NonFiniteError("non-finite loss")
                 c.lm_optimizer.zero_grad(set_to_none=True)
                 if c.head_optimizer is not None:
                     c.head_optimizer.zero_grad(set_to_none=True)
@@ -127,6 +145,8 @@ def grpo_update(
                 if algo.max_grad_norm > 0:
                     grad_norm = torch.nn.utils.clip_grad_norm_(c.policy.model.parameters(), algo.max_grad_norm)
                     metrics["grad_norm"] = grad_norm.item()
+                if not _finite_gradients(c):
+                    raise NonFiniteError("non-finite gradients")
                 if trains_lm:
                     c.lm_optimizer.step()
                 if head_loss is not None and c.head_optimizer is not None:
@@ -147,14 +167,27 @@ def grpo_update(
     return {key: value / updates for key, value in totals.items()}
 
 
+def _finite_gradients(c: Components) -> bool:
+    parameters = list(c.policy.model.parameters()) + (list(c.controller.module.parameters()) if c.controller.module else [])
+    norms = [p.grad.detach().norm() for p in parameters if p.grad is not None]
+    return not norms or bool(torch.isfinite(torch.stack(norms).sum()))
+
+
+def _finite_parameters(c: Components) -> bool:
+    parameters = list(c.policy.model.parameters()) + (list(c.controller.module.parameters()) if c.controller.module else [])
+    return bool(torch.isfinite(torch.stack([p.detach().norm() for p in parameters]).sum()))
+
+
 def evaluate_policy(c: Components, config: Config, step: int, generator: torch.Generator) -> dict[str, float]:
     """Greedy accuracy on the whole held-out split and avg@k / pass@k on its prefix."""
     problems = c.task.eval_problems()
-    metrics = {"eval_accuracy": greedy_accuracy(c.policy, c.task, problems, config.rollout.max_new_tokens)}
+    reward = c.reward or c.task.reward
+    metrics = {"eval_accuracy": greedy_accuracy(c.policy, c.task, problems, config.rollout.max_new_tokens, reward)}
     metrics.update(
         sampled_metrics(
             c.policy, c.task, problems[: config.train.eval_avg_problems], c.controller, config.train.eval_avg_k,
             config.rollout.max_new_tokens, generator, training_step=step,
+            temperature_range=(config.rollout.temperature_min, config.rollout.temperature_max), reward=reward,
         )
     )
     return metrics
@@ -178,82 +211,130 @@ def batch_statistics(batch: RolloutBatch, rewards: torch.Tensor, group_size: int
 
 
 def prepare_run_dir(out_dir: Path, config: Config) -> None:
-    """Create the run directory; refuse to write into a non-empty one."""
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    """Create the run directory; refuse to write into a non-empty one; leave nothing behind on failure."""
+    if (out_dir / "config.yaml").is_file():
+        raise ThermoRLError(f"output directory {out_dir} is an existing run (continue it with --resume {out_dir})")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ThermoRLError(f"output directory {out_dir} exists and is a file (choose another --out)")
+    if out_dir.exists() and any(out_dir.iterdir()):
         raise ThermoRLError(f"output directory {out_dir} exists and is not empty (choose another --out)")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ThermoRLError(f"cannot create output directory {out_dir}: {err.strerror}") from None
-    dump_config(config, out_dir / "config.yaml")
-
-
-def train(config: Config, out_dir: Path, progress: Any = None) -> dict[str, Any]:
-    """Run GRPO with the configured controller; writes the run directory; returns the summary."""
-    c = build_components(config)
-    prepare_run_dir(out_dir, config)
-    logger = RunLogger(out_dir, config.log.tensorboard)
     try:
-        return _train_loop(c, config, out_dir, logger, progress)
+        dump_config(config, out_dir / "config.yaml")
+    except OSError as err:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise ThermoRLError(f"cannot write {out_dir / 'config.yaml'}: {err.strerror}") from None
+
+
+def train(config: Config, out_dir: Path, progress: Any = None, resume: bool = False) -> dict[str, Any]:
+    """Run GRPO with the configured controller; writes the run directory; returns the summary.
+
+    ``resume`` continues ``out_dir`` from its newest valid checkpoint. A new run that fails on
+    bad input before its first checkpoint is removed, so no half-made run directory remains.
+    """
+    c = build_components(config)
+    state = LoopState.fresh(config.train.seed, c.policy.device)
+    first_step = 1
+    if resume:
+        point = find_resume_point(out_dir)
+        if point.step >= config.train.steps:
+            raise ThermoRLError(
+                f"run {out_dir} has finished its {config.train.steps} steps (continue it with a larger --steps)"
+            )
+        restore(c, state, point)
+        first_step = point.step + 1
+        del point  # its tensors map the checkpoint's files
+        try:
+            rewind_run_dir(out_dir, config, first_step - 1)
+        except OSError as err:
+            raise ThermoRLError(f"cannot prepare {out_dir} for resuming: {err.strerror or err}") from None
+    else:
+        prepare_run_dir(out_dir, config)
+    logger = None
+    try:
+        logger = RunLogger(out_dir, config.log.tensorboard, purge_step=first_step if resume else None)
+        return _train_loop(c, config, out_dir, logger, progress, state, first_step)
+    except (ThermoRLError, OSError) as err:
+        if not resume and not isinstance(err, TrainingDivergedError) and not ckpt.list_checkpoints(out_dir):
+            if logger is not None:
+                logger.close()
+            shutil.rmtree(out_dir, ignore_errors=True)
+        if isinstance(err, OSError):  # e.g. the disk filled up while writing a plot or a log
+            raise ThermoRLError(f"cannot write {err.filename or out_dir}: {err.strerror or err}") from None
+        raise
     finally:
-        logger.close()
+        if logger is not None:
+            logger.close()
 
 
 def _train_loop(
-    c: Components, config: Config, out_dir: Path, logger: RunLogger, progress: Any
+    c: Components, config: Config, out_dir: Path, logger: RunLogger, progress: Any, state: LoopState, first_step: int
 ) -> dict[str, Any]:
     seed, rollout = config.train.seed, config.rollout
-    data_rng = random.Random(seed)
-    generator = torch.Generator(device=c.policy.device).manual_seed(seed)
-    eval_generator = torch.Generator(device=c.policy.device).manual_seed(seed + 1)
     start = time.time()
-    train_time = 0.0
-
-    initial = evaluate_policy(c, config, 0, eval_generator)
-    logger.log({"step": 0, **initial})
-    last_eval = initial
-    if progress is not None:
-        progress.start(config.train.steps, initial["eval_accuracy"])
-
-    for step in range(1, config.train.steps + 1):
-        step_start = time.time()
-        problems = [p for p in c.task.train_problems(data_rng, rollout.prompts_per_step) for _ in range(rollout.group_size)]
-        prompt_ids, prompt_mask = encode_prompts(c.policy, [p.prompt for p in problems])
-        c.policy.model.eval()
-        batch = sample(c.policy, c.controller, prompt_ids, prompt_mask, rollout.max_new_tokens, generator,
-                       training_step=step)
-        c.policy.model.train()
-        texts = decode_completions(c.policy, batch)
-        rewards = torch.tensor([c.task.reward(p, t) for p, t in zip(problems, texts)], device=c.policy.device)
-        advantages = group_advantages(rewards, rollout.group_size, scale=config.algorithm.advantage == "grpo")
-        metrics = {"step": step, **batch_statistics(batch, rewards, rollout.group_size)}
-        metrics.update(grpo_update(c, config, batch, advantages, step, generator))
-        metrics.update(c.controller.metrics())
-        metrics["step_time_s"] = time.time() - step_start
-        train_time += metrics["step_time_s"]
-
-        if step % config.train.eval_every == 0 or step == config.train.steps:
-            last_eval = evaluate_policy(c, config, step, eval_generator)
-            metrics.update(last_eval)
-        logger.log(metrics)
-        if config.log.samples_per_step:
-            logger.samples(step, _sample_rows(batch, problems, texts, rewards, config.log.samples_per_step))
-        if (config.train.checkpoint_every and step % config.train.checkpoint_every == 0) or step == config.train.steps:
-            save(c, out_dir, step, generator, data_rng, config.train.keep_checkpoints)
+    with GracefulStop() as stop:
+        if first_step == 1:
+            state.initial_eval = state.last_eval = evaluate_policy(c, config, 0, state.eval_generator)
+            logger.log({"step": 0, **state.initial_eval})
         if progress is not None:
-            progress.update(step, metrics["reward_mean"], last_eval["eval_accuracy"], metrics["temperature_mean"])
+            progress.start(config.train.steps, state.last_eval["eval_accuracy"])
+
+        saved_step = first_step - 1
+        for step in range(first_step, config.train.steps + 1):
+            if stop.requested:
+                return _interrupted(c, config, out_dir, state, step - 1, saved_step)
+            step_start = time.time()
+            problems = [
+                p for p in c.task.train_problems(state.data_rng, rollout.prompts_per_step) for _ in range(rollout.group_size)
+            ]
+            try:
+                metrics, batch, texts, rewards = _train_step(c, config, state, step, problems)
+                state.bad_streak = 0
+            except NonFiniteError as err:
+                state.skipped_steps += 1
+                state.bad_streak += 1
+                log.warning("step %d skipped: %s (%d bad step(s) in a row)", step, err, state.bad_streak)
+                metrics, batch = {"step": step, "skipped": 1, "skip_reason": str(err)}, None
+            metrics["skipped_steps"] = state.skipped_steps
+            metrics.update(c.reward.metrics())
+            metrics["step_time_s"] = time.time() - step_start
+            state.train_time += metrics["step_time_s"]
+
+            if batch is not None and (step % config.train.eval_every == 0 or step == config.train.steps):
+                try:
+                    state.last_eval = evaluate_policy(c, config, step, state.eval_generator)
+                    metrics.update(state.last_eval)
+                except NonFiniteError as err:
+                    log.warning("step %d: evaluation skipped: %s", step, err)
+            logger.log(metrics)
+            if batch is not None and config.log.samples_per_step:
+                logger.samples(step, _sample_rows(batch, problems, texts, rewards, config.log.samples_per_step))
+            if state.bad_streak >= config.train.max_bad_steps:
+                _stop_diverged(c, config, out_dir, state, step)
+            due = (config.train.checkpoint_every and step % config.train.checkpoint_every == 0) or step == config.train.steps
+            if due and _save_if_finite(c, config, out_dir, state, step):
+                saved_step = step
+            if progress is not None:
+                progress.update(
+                    step, metrics.get("reward_mean", float("nan")), state.last_eval["eval_accuracy"],
+                    metrics.get("temperature_mean", float("nan")),
+                )
 
     summary = {
         "controller": config.temperature.controller,
         "seed": seed,
         "steps": config.train.steps,
-        "initial_eval_accuracy": initial["eval_accuracy"],
-        "final_eval_accuracy": last_eval["eval_accuracy"],
-        "initial_eval_avg_at_k": initial["eval_avg_at_k"],
-        "final_eval_avg_at_k": last_eval["eval_avg_at_k"],
-        "final_eval_pass_at_k": last_eval["eval_pass_at_k"],
+        "initial_eval_accuracy": state.initial_eval["eval_accuracy"],
+        "final_eval_accuracy": state.last_eval["eval_accuracy"],
+        "initial_eval_avg_at_k": state.initial_eval["eval_avg_at_k"],
+        "final_eval_avg_at_k": state.last_eval["eval_avg_at_k"],
+        "final_eval_pass_at_k": state.last_eval["eval_pass_at_k"],
         "eval_problems": len(c.task.eval_problems()),
-        "train_time_s": train_time,
+        "skipped_steps": state.skipped_steps,
+        "train_time_s": state.train_time,
         "wall_time_s": time.time() - start,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -271,10 +352,61 @@ def _train_loop(
     return summary
 
 
-def save(c: Components, out_dir: Path, step: int, generator: torch.Generator, data_rng: random.Random, keep: int) -> Path:
+def _train_step(
+    c: Components, config: Config, state: LoopState, step: int, problems: list
+) -> tuple[dict[str, Any], RolloutBatch, list[str], torch.Tensor]:
+    """Sample, reward, advantages, update; raises NonFiniteError (nothing stepped) on NaN/inf."""
+    rollout = config.rollout
+    prompt_ids, prompt_mask = encode_prompts(c.policy, [p.prompt for p in problems])
+    c.policy.model.eval()
+    try:
+        batch = sample(
+            c.policy, c.controller, prompt_ids, prompt_mask, rollout.max_new_tokens, state.generator,
+            training_step=step, temperature_range=(rollout.temperature_min, rollout.temperature_max),
+        )
+    finally:
+        c.policy.model.train()
+    texts = decode_completions(c.policy, batch)
+    rewards = torch.tensor(c.reward.score(problems, texts), device=c.policy.device)
+    advantages = group_advantages(rewards, rollout.group_size, scale=config.algorithm.advantage == "grpo")
+    metrics = {"step": step, **batch_statistics(batch, rewards, rollout.group_size)}
+    metrics.update(grpo_update(c, config, batch, advantages, step, state.generator))
+    metrics.update(c.controller.metrics())
+    return metrics, batch, texts, rewards
+
+
+def _save_if_finite(c: Components, config: Config, out_dir: Path, state: LoopState, step: int) -> Path | None:
+    """Save a checkpoint unless a parameter is NaN/inf: every checkpoint must be a valid restart point."""
+    if not _finite_parameters(c):
+        log.warning("step %d: not saving a checkpoint, the model has NaN/inf parameters", step)
+        return None
+    return save(c, out_dir, step, state, config.train.keep_checkpoints)
+
+
+def _stop_diverged(c: Components, config: Config, out_dir: Path, state: LoopState, step: int) -> None:
+    last = _save_if_finite(c, config, out_dir, state, step) or ckpt.latest_valid_checkpoint(out_dir)
+    raise TrainingDivergedError(
+        f"stopped at step {step}: {state.bad_streak} steps in a row had NaN/inf logits, temperatures, loss or "
+        f"gradients (train.max_bad_steps={config.train.max_bad_steps}); "
+        + (f"last valid checkpoint: {last}" if last else "no valid checkpoint was saved")
+    )
+
+
+def _interrupted(
+    c: Components, config: Config, out_dir: Path, state: LoopState, step: int, saved_step: int
+) -> dict[str, Any]:
+    """Ctrl-C: checkpoint the last finished step (unless just saved) and report where to resume from."""
+    path = ckpt.latest_valid_checkpoint(out_dir) if saved_step == step else None
+    path = path or _save_if_finite(c, config, out_dir, state, step) or ckpt.latest_valid_checkpoint(out_dir)
+    return {"interrupted": True, "step": step, "checkpoint": str(path) if path else None}
+
+
+def save(c: Components, out_dir: Path, step: int, state: LoopState, keep: int) -> Path:
     return ckpt.save_checkpoint(
         out_dir, step, c.policy.model, c.policy.tokenizer, c.controller.state_dict(),
-        {"lm": c.lm_optimizer, "head": c.head_optimizer}, generator, data_rng, keep,
+        {"lm": c.lm_optimizer, "head": c.head_optimizer}, state.generator, state.data_rng, keep,
+        eval_generator=state.eval_generator,
+        trainer_state={**state.to_json(), "reward": c.reward.state_dict() if c.reward else {}},
     )
 
 
@@ -303,5 +435,7 @@ def load_for_eval(config: Config) -> tuple[Policy, Task, TemperatureController]:
     checkpoint_dir = Path(config.model.path).parent
     if (checkpoint_dir / "state.json").is_file():
         state, controller_tensors, _ = ckpt.load_checkpoint_state(checkpoint_dir)
-        controller.load_state_dict({**state["controller"], **controller_tensors})
+        # random streams are resumed in training only; evaluation seeds them from the run seed
+        tensors = {k: v for k, v in controller_tensors.items() if not k.endswith("generator")}
+        controller.load_state_dict({**state["controller"], **tensors})
     return policy, task, controller

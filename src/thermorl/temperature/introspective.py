@@ -7,9 +7,9 @@ draw). Bins head (ablation): u in R^K, b_t ~ Categorical(softmax(u)), tau_t = bi
 The equations live in ``thermorl.algorithms.hierarchical``; this module samples and trains.
 
 Training is coordinate ascent (LM-only phases, then head-only phases) or joint. The head's
-randomness comes from a generator the controller owns, seeded from the run seed (the
-checkpoint holds the head's weights only), so the same seed gives the same temperatures,
-also after a checkpoint round trip.
+randomness comes from a generator the controller owns, seeded from the run seed and saved
+in checkpoints with the head's weights, so the same seed gives the same temperatures, also
+after a checkpoint round trip or a resumed run.
 """
 
 from __future__ import annotations
@@ -158,7 +158,10 @@ class IntrospectiveController(TemperatureController):
         return {"temp_head_phase": float(self.trains_head(self.step))}
 
     def state_dict(self) -> dict[str, Any]:
-        return {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        """Head weights and the head's random stream (so a resumed run draws the same temperatures)."""
+        return {**{f"head.{k}": v for k, v in self.head.state_dict().items()}, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+        if "generator" in state:  # absent in checkpoints written before the stream was saved
+            self.generator.set_state(state["generator"].cpu())
