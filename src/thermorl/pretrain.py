@@ -54,9 +54,15 @@ def pretrain(
     seed: int = 0,
     eval_every: int = 500,
     max_new_tokens: int = 24,
+    attempt_fraction: float = 0.0,
     on_eval: Callable[[int, float, float], None] | None = None,
 ) -> dict:
-    """Train on demonstrations for ``steps`` steps; save to ``out_dir``; return a summary."""
+    """Train on demonstrations for ``steps`` steps; save to ``out_dir``; return a summary.
+
+    With ``attempt_fraction`` f, each row is a target-blind attempt (right arithmetic, random
+    choices) with probability f instead of a solution: the warm start then computes well but
+    chooses poorly, leaving the choices for RL to learn by exploring.
+    """
     torch.manual_seed(seed)
     rng = random.Random(seed)
     task = build_task(task_config)
@@ -69,8 +75,8 @@ def pretrain(
     policy.model.train()
     for step in range(1, steps + 1):
         problems = task.train_problems(rng, batch_size)
-        ids, mask, loss_mask = demonstration_batch(policy, [p.prompt for p in problems],
-                                                   [task.demonstration(p) for p in problems])
+        targets = [task.attempt(p, rng) if rng.random() < attempt_fraction else task.demonstration(p) for p in problems]
+        ids, mask, loss_mask = demonstration_batch(policy, [p.prompt for p in problems], targets)
         hidden, _ = policy.hidden(ids[:, :-1], mask[:, :-1], positions_from_mask(mask[:, :-1]))
         logits = policy.logits(hidden)
         token_loss = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
@@ -91,6 +97,7 @@ def pretrain(
     policy.tokenizer.save_pretrained(out_dir)
     summary = {
         "task": task_config.__dict__, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "attempt_fraction": attempt_fraction,
         "eval_accuracy": history[-1]["eval_accuracy"], "history": history, "wall_time_s": time.time() - start,
     }
     (out_dir / "pretrain.json").write_text(json.dumps(summary, indent=2))

@@ -42,6 +42,11 @@ class Task:
         """A correct completion, for supervised warm-up."""
         raise NotImplementedError
 
+    def attempt(self, problem: Problem, rng: random.Random) -> str:
+        """A plausible, well-formed completion that ignores the goal (for diluted warm starts).
+        Tasks without choices return the demonstration."""
+        return self.demonstration(problem)
+
     # -- provided -------------------------------------------------------------
     def eval_problems(self) -> list[Problem]:
         """The held-out split: ``eval_size`` distinct prompts, identical for every run with the same seed."""

@@ -34,26 +34,38 @@ class Countdown(Task):
     def generate(self, rng: random.Random) -> Problem:
         while True:
             numbers = [rng.randint(1, self.max_operand) for _ in range(self.num_operands)]
-            pool = list(numbers)
-            steps = []
-            while len(pool) > 1:
-                a, b = rng.sample(pool, 2)
-                op = rng.choice("+-*")
-                if op in "+*" or a < b:
-                    a, b = max(a, b), min(a, b)
-                result = OPS[op](a, b)
-                if result < 0 or result > self.max_result:
-                    break
-                pool.remove(a)
-                pool.remove(b)
-                pool.append(result)
-                steps.append(f"{a}{op}{b}={result}")
-            else:
-                target = pool[0]
-                if target in numbers:
-                    continue  # trivial target
-                prompt = ",".join(map(str, numbers)) + f">{target}:"
-                return Problem(prompt=prompt, answer=str(target), data={"numbers": numbers, "solution": ",".join(steps)})
+            chain = self.random_chain(numbers, rng)
+            if chain is None or chain[1] in numbers:
+                continue  # out of range, or a trivial target
+            steps, target = chain
+            prompt = ",".join(map(str, numbers)) + f">{target}:"
+            return Problem(prompt=prompt, answer=str(target), data={"numbers": numbers, "solution": steps})
+
+    def random_chain(self, numbers: list[int], rng: random.Random) -> tuple[str, int] | None:
+        """Combine all ``numbers`` in a random order with random operations: (steps, result),
+        or None when a result leaves 0..max_result."""
+        pool = list(numbers)
+        steps = []
+        while len(pool) > 1:
+            a, b = rng.sample(pool, 2)
+            op = rng.choice("+-*")
+            if op in "+*" or a < b:
+                a, b = max(a, b), min(a, b)
+            result = OPS[op](a, b)
+            if result < 0 or result > self.max_result:
+                return None
+            pool.remove(a)
+            pool.remove(b)
+            pool.append(result)
+            steps.append(f"{a}{op}{b}={result}")
+        return ",".join(steps), pool[0]
+
+    def attempt(self, problem: Problem, rng: random.Random) -> str:
+        """A target-blind try: right arithmetic, random choices (usually misses the target)."""
+        while True:
+            chain = self.random_chain(problem.data["numbers"], rng)
+            if chain is not None:
+                return chain[0]
 
     def demonstration(self, problem: Problem) -> str:
         return problem.data["solution"]
