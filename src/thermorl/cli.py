@@ -89,10 +89,11 @@ def train(
         if resume is not None:
             config = _resume_config(resume, config, out)
         cfg = load_config(config, extra)
+        from thermorl.distributed import is_main_process
         from thermorl.trainer import train as run_training  # heavy imports only once the config is valid
 
         run_dir = resume or out or _default_out(cfg.temperature.controller)
-        progress = TrainProgress(cfg.log.progress)
+        progress = TrainProgress(cfg.log.progress and is_main_process())  # one bar under accelerate launch
         try:
             summary = run_training(cfg, run_dir, progress, resume=resume is not None)
         finally:
@@ -106,6 +107,8 @@ def train(
             highlight=False, soft_wrap=True,
         )
         raise typer.Exit(code=130)
+    if not is_main_process():
+        return
     table = Table(title=f"run {run_dir}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -143,18 +146,41 @@ def pretrain(
 
 @app.command("eval")
 def evaluate(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A run directory, a checkpoint directory, or a model directory."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="A run directory, a checkpoint directory, or a model directory."
+    ),
     k: int = typer.Option(8, help="Samples per problem for avg@k and pass@k."),
-    problems: int = typer.Option(1000, help="Held-out problems to score."),
+    problems: Optional[int] = typer.Option(None, help="Problems to score (default: all held-out / benchmark problems)."),
     seed: int = typer.Option(0, help="Sampling seed."),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="With --benchmarks: a model directory, .gguf file or LoRA adapter (instead of --checkpoint)."
+    ),
+    benchmarks: Optional[str] = typer.Option(
+        None, "--benchmarks", help="Comma-separated math benchmarks or data files, e.g. math500,aime24,amc23 "
+        "(shipped: math500, aime24, amc23, minerva, olympiadbench, gsm8k_test, gsm8k_train).",
+    ),
+    samples: Optional[int] = typer.Option(None, help="With --benchmarks: completions per problem, n >= k (default k)."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="With --benchmarks: generation budget (default 1024)."),
+    batch_size: int = typer.Option(64, help="With --benchmarks: completions decoded together."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="With --benchmarks: directory of eval.json / eval.md; benchmarks already in it are skipped."
+    ),
+    overrides: list[str] = typer.Option([], "--set", "-s", help="Override a field, e.g. temperature.controller=fixed."),
 ) -> None:
-    """Score a checkpoint on the held-out split: greedy accuracy, avg@k and pass@k."""
+    """Score a checkpoint on the held-out split (greedy accuracy, avg@k, pass@k), or with --benchmarks on math
+    benchmarks (avg@k and unbiased pass@k with bootstrap 95% intervals, written to eval.json and eval.md)."""
     import torch
 
     from thermorl.config import load_config
     from thermorl.evaluate import greedy_accuracy, sampled_metrics
     from thermorl.trainer import load_for_eval
 
+    if benchmarks is not None:
+        _evaluate_benchmarks(checkpoint, model, benchmarks, k, samples, problems, seed, max_new_tokens, batch_size,
+                             out, overrides)
+        return
+    if checkpoint is None:
+        fail("--checkpoint is required (or --model with --benchmarks)")
     try:
         run_config, model_dir = _resolve_checkpoint(checkpoint)
         cfg = load_config(run_config, [f"model.path={model_dir}"] if model_dir else [])
@@ -228,6 +254,26 @@ def _resume_config(run_dir: Path, config: Optional[Path], out: Optional[Path]) -
     return run_dir / "config.yaml"
 
 
+def _evaluate_benchmarks(
+    checkpoint: Optional[Path], model: Optional[str], benchmarks: str, k: int, samples: Optional[int],
+    problems: Optional[int], seed: int, max_new_tokens: Optional[int], batch_size: int, out: Optional[Path],
+    overrides: list[str],
+) -> None:
+    from thermorl.benchmarks_eval import run_benchmark_eval
+
+    if (checkpoint is None) == (model is None):
+        fail("give exactly one of --checkpoint and --model")
+    try:
+        run_config, model_dir = _resolve_checkpoint(checkpoint) if checkpoint is not None else (None, model)
+        default_out = checkpoint / "eval" if checkpoint is not None else Path("evals") / Path(model).name
+        run_benchmark_eval(
+            run_config, str(model_dir), list(overrides), [b.strip() for b in benchmarks.split(",") if b.strip()],
+            k, samples, problems, seed, max_new_tokens, batch_size, out or default_out,
+        )
+    except ThermoRLError as err:
+        fail(str(err))
+
+
 def _resolve_checkpoint(path: Path) -> tuple[Optional[Path], Optional[Path]]:
     """(run config.yaml or None, model directory) for a run dir, a checkpoint dir or a model dir."""
     from thermorl.checkpoint import list_checkpoints
@@ -238,7 +284,7 @@ def _resolve_checkpoint(path: Path) -> tuple[Optional[Path], Optional[Path]]:
         return path / "config.yaml", list_checkpoints(path)[-1] / "model"
     if (path / "model").is_dir() and (path.parent.parent / "config.yaml").is_file():
         return path.parent.parent / "config.yaml", path / "model"
-    if (path / "config.json").is_file():
+    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
         return None, path
     raise ThermoRLError(f"{path} is neither a run directory, a checkpoint, nor a model directory")
 

@@ -40,10 +40,22 @@ def doc(help_text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> An
 class ModelConfig:
     path: str = doc(
         "'builtin' (the shipped warm-started tiny model), 'builtin:random' (untrained tiny model), "
-        "or a local Hugging Face model directory.",
+        "a local Hugging Face model directory (safetensors), a .gguf file, a LoRA adapter directory saved by "
+        "thermorl, or a hub id (only with model.allow_download=true).",
         "builtin",
     )
     gguf_file: str | None = doc("GGUF file name inside `path` (loaded through transformers + gguf).", None)
+    allow_download: bool = doc(
+        "Let `path` name a Hugging Face hub id and download it; off, nothing is ever downloaded.", False
+    )
+    gradient_checkpointing: bool = doc("Recompute activations in the backward pass (less memory, ~30% slower).", False)
+    lora_r: int = doc("LoRA rank (peft); 0 = train every weight. The temperature head is always fully trained.", 0)
+    lora_alpha: float = doc("LoRA scaling numerator (the update is scaled by lora_alpha / lora_r).", 32.0)
+    lora_dropout: float = doc("Dropout on the LoRA branch.", 0.0)
+    lora_target_modules: list[str] = doc(
+        "Module names that get LoRA adapters, or ['all-linear'] (every linear layer but the output head).",
+        ["all-linear"],
+    )
     dtype: Literal["float32", "bfloat16"] = doc("Parameter dtype of the policy.", "float32")
     device: str = doc("'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...", "auto")
     hidden_size: int = doc("Tiny model width (builtin:random only).", 128)
@@ -54,13 +66,18 @@ class ModelConfig:
         _positive(self, "hidden_size", "num_layers", "num_heads")
         if self.hidden_size % self.num_heads:
             raise ConfigError("model.hidden_size must be divisible by model.num_heads")
+        if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ConfigError("model.lora_r must be >= 0, lora_alpha > 0 and lora_dropout in [0, 1)")
+        if self.lora_r and not self.lora_target_modules:
+            raise ConfigError("model.lora_target_modules must name at least one module when model.lora_r > 0")
 
 
 @dataclass
 class TaskConfig:
-    name: Literal["countdown", "arithmetic"] = doc(
+    name: Literal["countdown", "arithmetic", "math"] = doc(
         "Verifiable task. 'countdown': combine given numbers to hit a target (choice + arithmetic tokens); "
-        "'arithmetic': evaluate a chain of operations step by step (arithmetic tokens only).",
+        "'arithmetic': evaluate a chain of operations step by step (arithmetic tokens only); "
+        "'math': word problems from task.dataset, final answer in \\boxed{} checked by math-verify.",
         "countdown",
     )
     num_operands: int = doc("Numbers given per problem (countdown) or operands per chain (arithmetic).", 3)
@@ -68,6 +85,30 @@ class TaskConfig:
     max_result: int = doc("Targets and intermediate results stay in 0..max_result.", 99)
     eval_size: int = doc("Held-out problems (disjoint from training prompts) for greedy accuracy.", 1000)
     eval_seed: int = doc("Seed of the held-out split; fixed so every run is scored on the same problems.", 1234)
+    dataset: str = doc(
+        "math: training problems. A shipped benchmark (math500, aime24, amc23, minerva, olympiadbench, gsm8k_test, "
+        "gsm8k_train), a .jsonl/.json/.parquet file, a datasets.save_to_disk directory, or hf:ID[:CONFIG[:SPLIT]].",
+        "gsm8k_train",
+    )
+    eval_dataset: str = doc("math: held-out problems (same kinds of source as task.dataset).", "gsm8k_test")
+    problem_field: str = doc("math: field of a data row holding the problem text.", "problem")
+    answer_field: str = doc("math: field of a data row holding the reference answer.", "answer")
+    prompt_template: str = doc(
+        "math: prompt text; {problem} is replaced by the problem (a chat template is applied on top when the "
+        "tokenizer has one).",
+        "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}.",
+    )
+    answer_extractor: Literal["boxed", "full"] = doc(
+        "math: what math-verify checks. 'boxed': the last \\boxed{} (none scores 0); 'full': math-verify "
+        "searches the whole completion.",
+        "boxed",
+    )
+    verify_timeout_s: float = doc("math: seconds one math-verify check may take; past it the completion scores 0.", 5.0)
+    reward: str = doc(
+        "'default' (the task's own verifier) or a TRL-style reward function fn(prompts, completions, answer, **columns) "
+        "-> list[float], named 'package.module:function' or 'path/to/file.py:function'.",
+        "default",
+    )
     reward_timeout_s: float = doc(
         "Seconds one reward-function call may take; a call past it scores 0 and is counted (reward_timeouts).", 10.0
     )
@@ -84,6 +125,9 @@ class TaskConfig:
             )
         if self.num_operands < 2:
             raise ConfigError(f"task.num_operands must be >= 2, got {self.num_operands}")
+        _positive(self, "verify_timeout_s")
+        if "{problem}" not in self.prompt_template:
+            raise ConfigError("task.prompt_template must contain {problem}")
 
 
 @dataclass

@@ -24,7 +24,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import torch
 from thermorl import checkpoint as ckpt
 from thermorl.algorithms.grpo import aggregate, approx_kl, clipped_policy_loss, group_advantages, kl_penalty
 from thermorl.config import Config, dump_config
+from thermorl.distributed import Distributed, gather_batch, setup_distributed
 from thermorl.errors import ModelLoadError, NonFiniteError, ThermoRLError, TrainingDivergedError
 from thermorl.evaluate import greedy_accuracy, sampled_metrics
 from thermorl.models.policy import Policy, load_policy
@@ -57,6 +58,7 @@ class Components:
     lm_optimizer: torch.optim.Optimizer
     head_optimizer: torch.optim.Optimizer | None
     reward: RewardGuard | None = None  # the task's reward behind a timeout and value checks
+    dist: Distributed = field(default_factory=Distributed)  # this process's share of a data-parallel job
 
 
 def build_components(config: Config) -> Components:
@@ -64,12 +66,15 @@ def build_components(config: Config) -> Components:
     torch.manual_seed(config.train.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    policy = load_policy(config.model, seed=config.train.seed)
+    dist = setup_distributed(config.rollout.prompts_per_step)
+    policy = load_policy(replace(config.model, device=str(dist.device)) if dist.enabled else config.model,
+                         seed=config.train.seed)
     task = build_task(config.task)
     env = ControllerEnv(
         policy.hidden_size, config.train.steps, policy.device, config.rollout.group_size, config.train.seed
     )
     controller = build_controller(config.temperature, env)
+    dist.broadcast_parameters(policy.model, controller.module)
     reference = None
     if config.algorithm.beta > 0:
         reference = Policy(copy.deepcopy(policy.model).eval().requires_grad_(False), policy.tokenizer)
@@ -82,7 +87,7 @@ def build_components(config: Config) -> Components:
         head_optimizer = torch.optim.AdamW(controller.module.parameters(), lr=head_lr)
     reward_name = getattr(task.reward, "name", f"of task {config.task.name}")  # a user function's module:function
     reward = RewardGuard(task.reward, reward_name, config.task.reward_timeout_s, config.task.reward_fail_fast)
-    c = Components(policy, reference, task, controller, lm_optimizer, head_optimizer, reward)
+    c = Components(policy, reference, task, controller, lm_optimizer, head_optimizer, reward, dist)
     if not _finite_parameters(c):
         raise ModelLoadError(f"model {config.model.path} has NaN or inf parameters")
     return c
@@ -112,6 +117,7 @@ def grpo_update(
         for index in order.chunk(algo.num_minibatches):
             mb = batch.select(index)
             mask = mb.completion_mask
+            share = c.dist.token_share(mask)  # 1.0 in one process; see thermorl.distributed
             with torch.set_grad_enabled(trains_lm):
                 scored = score(c.policy, mb)
             metrics: dict[str, float] = {}
@@ -126,6 +132,8 @@ def grpo_update(
                     token_loss = token_loss + algo.beta * kl
                     metrics["kl_ref"] = aggregate(kl, mask).item()
                 loss = aggregate(token_loss, mask, algo.loss_aggregation)
+                if algo.loss_aggregation == "token_mean":  # seq_mean: every process holds as many sequences
+                    loss = loss * share
                 metrics["pg_loss"] = aggregate(pg, mask, algo.loss_aggregation).item()
                 metrics["clip_fraction"] = aggregate(clipped, mask).item()
                 metrics["approx_kl"] = approx_kl(scored.logprobs.detach(), old_logprobs[index], mask).item()
@@ -134,7 +142,7 @@ def grpo_update(
             )
             metrics.update(head_metrics)
             if head_loss is not None:
-                loss = loss + head_loss
+                loss = loss + head_loss * share
             if loss.requires_grad:
                 if not torch.isfinite(loss):
                     raise NonFiniteError("non-finite loss")
@@ -142,6 +150,7 @@ def grpo_update(
                 if c.head_optimizer is not None:
                     c.head_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                c.dist.average_gradients(c.policy.model, c.controller.module)
                 if algo.max_grad_norm > 0:
                     grad_norm = torch.nn.utils.clip_grad_norm_(c.policy.model.parameters(), algo.max_grad_norm)
                     metrics["grad_norm"] = grad_norm.item()
@@ -154,6 +163,7 @@ def grpo_update(
             metrics["loss"] = loss.item()
             if epoch == 0 and c.controller.needs_logits_after_update:
                 logits_for_controller.append((index, scored.logits.detach()))
+            metrics = c.dist.reduce_metrics(metrics, share)
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value
             updates += 1
@@ -164,6 +174,7 @@ def grpo_update(
         for index, part in logits_for_controller:
             logits[index] = part
     c.controller.after_update(batch.records, advantages, batch.completion_mask, batch.completion_ids, logits)
+    c.dist.sync_controller(c.controller)
     return {key: value / updates for key, value in totals.items()}
 
 
@@ -180,17 +191,19 @@ def _finite_parameters(c: Components) -> bool:
 
 def evaluate_policy(c: Components, config: Config, step: int, generator: torch.Generator) -> dict[str, float]:
     """Greedy accuracy on the whole held-out split and avg@k / pass@k on its prefix."""
-    problems = c.task.eval_problems()
+    # under accelerate each process scores every N-th problem; the shards are combined by size below
+    problems = c.dist.stride(c.task.eval_problems())
+    sampled = c.dist.stride(c.task.eval_problems()[: config.train.eval_avg_problems])
     reward = c.reward or c.task.reward
     metrics = {"eval_accuracy": greedy_accuracy(c.policy, c.task, problems, config.rollout.max_new_tokens, reward)}
     metrics.update(
         sampled_metrics(
-            c.policy, c.task, problems[: config.train.eval_avg_problems], c.controller, config.train.eval_avg_k,
+            c.policy, c.task, sampled, c.controller, config.train.eval_avg_k,
             config.rollout.max_new_tokens, generator, training_step=step,
             temperature_range=(config.rollout.temperature_min, config.rollout.temperature_max), reward=reward,
         )
     )
-    return metrics
+    return c.dist.weighted_mean(metrics, {"eval_accuracy": len(problems)}, default_weight=len(sampled))
 
 
 def batch_statistics(batch: RolloutBatch, rewards: torch.Tensor, group_size: int) -> dict[str, float]:
@@ -236,10 +249,11 @@ def train(config: Config, out_dir: Path, progress: Any = None, resume: bool = Fa
     bad input before its first checkpoint is removed, so no half-made run directory remains.
     """
     c = build_components(config)
+    run_dir, out_dir = out_dir, c.dist.output_dir(out_dir)  # under accelerate only process 0 writes the run
     state = LoopState.fresh(config.train.seed, c.policy.device)
     first_step = 1
     if resume:
-        point = find_resume_point(out_dir)
+        point = find_resume_point(run_dir)
         if point.step >= config.train.steps:
             raise ThermoRLError(
                 f"run {out_dir} has finished its {config.train.steps} steps (continue it with a larger --steps)"
@@ -253,6 +267,7 @@ def train(config: Config, out_dir: Path, progress: Any = None, resume: bool = Fa
             raise ThermoRLError(f"cannot prepare {out_dir} for resuming: {err.strerror or err}") from None
     else:
         prepare_run_dir(out_dir, config)
+    c.dist.decorrelate(state.generator, config.train.seed)
     logger = None
     try:
         logger = RunLogger(out_dir, config.log.tensorboard, purge_step=first_step if resume else None)
@@ -287,9 +302,9 @@ def _train_loop(
             if stop.requested:
                 return _interrupted(c, config, out_dir, state, step - 1, saved_step)
             step_start = time.time()
-            problems = [
+            problems = c.dist.shard([  # this process's whole groups of the global batch
                 p for p in c.task.train_problems(state.data_rng, rollout.prompts_per_step) for _ in range(rollout.group_size)
-            ]
+            ])
             try:
                 metrics, batch, texts, rewards = _train_step(c, config, state, step, problems)
                 state.bad_streak = 0
@@ -369,7 +384,7 @@ def _train_step(
     texts = decode_completions(c.policy, batch)
     rewards = torch.tensor(c.reward.score(problems, texts), device=c.policy.device)
     advantages = group_advantages(rewards, rollout.group_size, scale=config.algorithm.advantage == "grpo")
-    metrics = {"step": step, **batch_statistics(batch, rewards, rollout.group_size)}
+    metrics = {"step": step, **batch_statistics(*gather_batch(c.dist, batch, rewards), rollout.group_size)}
     metrics.update(grpo_update(c, config, batch, advantages, step, state.generator))
     metrics.update(c.controller.metrics())
     return metrics, batch, texts, rewards
@@ -401,7 +416,9 @@ def _interrupted(
     return {"interrupted": True, "step": step, "checkpoint": str(path) if path else None}
 
 
-def save(c: Components, out_dir: Path, step: int, state: LoopState, keep: int) -> Path:
+def save(c: Components, out_dir: Path, step: int, state: LoopState, keep: int) -> Path | None:
+    if not c.dist.is_main:  # every process holds the same weights; process 0 saves them
+        return None
     return ckpt.save_checkpoint(
         out_dir, step, c.policy.model, c.policy.tokenizer, c.controller.state_dict(),
         {"lm": c.lm_optimizer, "head": c.head_optimizer}, state.generator, state.data_rng, keep,

@@ -1,0 +1,243 @@
+"""Data-parallel training across processes started by ``accelerate launch`` (or torchrun).
+
+Each process samples whole prompt groups (its contiguous share of the step's global batch),
+computes rewards and group advantages locally, and all-reduces gradients before every
+optimizer step, so every process holds the same weights. One process pays nothing: with
+``WORLD_SIZE`` unset or 1 every method here is an identity and accelerate is never imported.
+
+The update equals the single-process update on the same global batch (a test checks it with
+two gloo processes): with token-mean aggregation each process scales its loss by
+``tokens_local * N / tokens_global``, so the mean of the N gradients is the gradient of the
+global token mean; with seq-mean every process holds the same number of sequences (scale 1).
+Gradients are averaged by hand (flattened all-reduce) rather than by a DDP wrapper because the
+policy runs its decoder stack directly (``Policy.hidden``), which a DDP wrapper would not see.
+FSDP and DeepSpeed are not supported (the accelerate config must be MULTI_GPU or MULTI_CPU).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+from thermorl.errors import ConfigError
+
+T = TypeVar("T")
+_RANK_SEED_STRIDE = 1_000_003  # sampling seeds of processes 1..N-1: seed + rank * stride
+
+
+def launched_world_size() -> int:
+    """Processes started by the launcher (1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Whether this is the process that writes files and prints (rank 0, or the only one)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+@dataclass
+class Distributed:
+    """This process's place in a data-parallel job; the defaults describe a single process."""
+
+    world_size: int = 1
+    rank: int = 0
+    device: torch.device | None = None  # this process's device (None: keep model.device)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # -- data -------------------------------------------------------------------------------
+    def shard(self, items: list[T]) -> list[T]:
+        """This process's contiguous equal share of the global batch (whole groups when the
+        batch is prompt-major and prompts_per_step is a multiple of the number of processes)."""
+        if not self.enabled:
+            return items
+        share = len(items) // self.world_size
+        return items[self.rank * share : (self.rank + 1) * share]
+
+    def stride(self, items: list[T]) -> list[T]:
+        """Every N-th item from this process's offset (for evaluation); all items when fewer than N."""
+        if not self.enabled or len(items) < self.world_size:
+            return items
+        return items[self.rank :: self.world_size]
+
+    def decorrelate(self, generator: torch.Generator, seed: int) -> None:
+        """Give processes 1..N-1 their own sampling stream (process 0 keeps the single-process one)."""
+        if self.rank:
+            generator.manual_seed((seed + self.rank * _RANK_SEED_STRIDE) % 2**63)
+
+    # -- gradients and losses ---------------------------------------------------------------
+    def token_share(self, mask: Tensor) -> float:
+        """tokens_local * N / tokens_global: the loss scale that makes gradient averaging exact."""
+        if not self.enabled:
+            return 1.0
+        local = mask.sum().detach().to(torch.float64).reshape(1)
+        total = local.clone()
+        torch.distributed.all_reduce(total)
+        return float(local * self.world_size / total.clamp_min(1.0))
+
+    def average_gradients(self, *modules: torch.nn.Module | None) -> None:
+        """grad <- mean over processes of grad (one flattened all-reduce per dtype and device)."""
+        if not self.enabled:
+            return
+        buckets: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+        for p in _parameters(modules):
+            # every process runs the same code path, so the same parameters hold gradients everywhere
+            if p.grad is not None:
+                buckets.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
+        for grads in buckets.values():
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            torch.distributed.all_reduce(flat)
+            flat /= self.world_size
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+
+    def broadcast_parameters(self, *modules: torch.nn.Module | None) -> None:
+        """Start every process from process 0's weights."""
+        if self.enabled:
+            for p in _parameters(modules):
+                torch.distributed.broadcast(p.data, src=0)
+
+    # -- metrics ----------------------------------------------------------------------------
+    def reduce_metrics(self, metrics: dict[str, float], share: float) -> dict[str, float]:
+        """Global values of one minibatch's diagnostics: token means weighted by this process's token
+        share; ``loss`` is already scaled and ``grad_norm`` is taken after averaging."""
+        if not self.enabled:
+            return metrics
+        return self.mean({k: v if k in ("loss", "grad_norm") else v * share for k, v in metrics.items()})
+
+    def mean(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Mean over processes of each value (every process passes the same keys)."""
+        if not self.enabled or not metrics:
+            return metrics
+        keys = sorted(metrics)
+        values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self._comm_device)
+        torch.distributed.all_reduce(values)
+        return dict(zip(keys, (values / self.world_size).tolist()))
+
+    def weighted_mean(
+        self, metrics: dict[str, float], weights: dict[str, float], default_weight: float = 1.0
+    ) -> dict[str, float]:
+        """sum_r w_r m_r / sum_r w_r per key (e.g. accuracies over differently sized shards)."""
+        if not self.enabled:
+            return metrics
+        weights = {k: weights.get(k, default_weight) for k in metrics}
+        keys = sorted(metrics)
+        packed = [float(metrics[k]) * weights[k] for k in keys] + [float(weights[k]) for k in keys]
+        values = torch.tensor(packed, dtype=torch.float64, device=self._comm_device)
+        torch.distributed.all_reduce(values)
+        sums, totals = values[: len(keys)], values[len(keys) :].clamp_min(1e-12)
+        return dict(zip(keys, (sums / totals).tolist()))
+
+    def gather_rows(self, tensor: Tensor, pad_value: float = 0.0) -> Tensor:
+        """Concatenate every process's (n, ...) tensor along dim 0, padding dim 1 to the longest."""
+        if not self.enabled:
+            return tensor
+        length = torch.tensor([tensor.shape[1] if tensor.dim() > 1 else 0], device=self._comm_device)
+        lengths = [torch.zeros_like(length) for _ in range(self.world_size)]
+        torch.distributed.all_gather(lengths, length)
+        longest = int(max(x.item() for x in lengths))
+        if tensor.dim() > 1 and tensor.shape[1] < longest:
+            pad = tensor.new_full((tensor.shape[0], longest - tensor.shape[1], *tensor.shape[2:]), pad_value)
+            tensor = torch.cat([tensor, pad], dim=1)
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+
+    def sync_controller(self, controller: Any) -> None:
+        """Processes 1..N-1 adopt process 0's controller state after each step, so a meta-policy
+        (TAMPO, whose outer update sees each process's share of the batch) stays one policy."""
+        if not self.enabled:
+            return
+        state = [{k: v.cpu() if isinstance(v, Tensor) else v for k, v in controller.state_dict().items()}]
+        torch.distributed.broadcast_object_list(state, src=0, device=self._comm_device)
+        if not self.is_main:
+            controller.load_state_dict(state[0])
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def output_dir(self, out_dir: Path) -> Path:
+        """Where this process writes: the run directory for process 0, a scratch directory for the others."""
+        if self.is_main:
+            return out_dir
+        scratch = Path(tempfile.mkdtemp(prefix=f"thermorl-rank{self.rank}-"))
+        atexit.register(shutil.rmtree, scratch, True)
+        return scratch
+
+    @property
+    def _comm_device(self) -> torch.device:
+        """gloo reduces CPU tensors; NCCL needs them on this process's GPU."""
+        backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "gloo"
+        return self.device if backend == "nccl" and self.device is not None else torch.device("cpu")
+
+
+def _parameters(modules: Iterable[torch.nn.Module | None]) -> list[torch.nn.Parameter]:
+    """Parameters of the given modules (None skipped), each once even if shared."""
+    seen: dict[int, torch.nn.Parameter] = {}
+    for module in modules:
+        if module is not None:
+            for p in module.parameters():
+                seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+@dataclass
+class GatheredBatch:
+    """The global batch's per-token fields that ``batch_statistics`` reads."""
+
+    completion_mask: Tensor
+    temperatures: Tensor
+    entropies: Tensor
+
+
+def gather_batch(dist: Distributed, batch: Any, rewards: Tensor) -> tuple[Any, Tensor]:
+    """(global batch view, global rewards) for logging; the local ones for a single process."""
+    if not dist.enabled:
+        return batch, rewards
+    gathered = GatheredBatch(
+        dist.gather_rows(batch.completion_mask, 0.0),
+        dist.gather_rows(batch.temperatures, 1.0),
+        dist.gather_rows(batch.entropies, 0.0),
+    )
+    return gathered, dist.gather_rows(rewards)
+
+
+def setup_distributed(prompts_per_step: int) -> Distributed:
+    """A single-process Distributed, or under a launcher with N > 1 processes an initialised
+    process group (through ``accelerate.Accelerator``: NCCL on GPUs, gloo on CPU)."""
+    world_size = launched_world_size()
+    if world_size <= 1:
+        return Distributed()
+    if prompts_per_step % world_size:
+        raise ConfigError(
+            f"rollout.prompts_per_step ({prompts_per_step}) must be a multiple of the number of processes "
+            f"({world_size}): each process samples whole prompt groups"
+        )
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    accelerator = Accelerator()
+    if accelerator.distributed_type not in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU, DistributedType.NO):
+        raise ConfigError(
+            f"accelerate distributed type {accelerator.distributed_type} is not supported; thermorl trains "
+            "data-parallel (use an accelerate config with distributed_type MULTI_GPU or MULTI_CPU)"
+        )
+    return Distributed(accelerator.num_processes, accelerator.process_index, accelerator.device)

@@ -1,0 +1,211 @@
+"""Reward functions with the TRL signature ``fn(prompts, completions, **columns) -> list[float]``.
+
+``math_verify_reward`` extracts the final answer of each completion (the last ``\\boxed{}``
+by default) and checks it against the reference ``answer`` with the ``math-verify`` package
+(parse both sides to SymPy, compare symbolically and numerically). Each verification is
+bounded by ``timeout_s`` (SymPy can take minutes on adversarial input); a timeout scores 0.
+
+``load_reward_function("pkg.module:function")`` imports a user reward function from the
+explicitly named module (or ``path/to/file.py:function``) and nothing else; ``TaskReward``
+adapts such a function to the per-completion ``Task.reward`` interface and checks its output.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import logging
+import numbers
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from thermorl.errors import RewardError
+from thermorl.reward_guard import RewardTimeout, call_with_timeout
+
+RewardFunction = Callable[..., list[float]]
+
+
+class _DropDisabledTimeoutWarning(logging.Filter):
+    """math-verify warns once that its own timeouts are off; ours bound every verification instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeout is disabled" not in record.getMessage()
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_DropDisabledTimeoutWarning())
+
+
+# --------------------------------------------------------------------------- answer extraction
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, braces balanced; None if absent."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    while start >= 0:
+        brace = start + (6 if text.startswith("\\boxed", start) else 5)
+        while brace < len(text) and text[brace] == " ":
+            brace += 1
+        if brace < len(text) and text[brace] == "{":
+            depth = 0
+            for end in range(brace, len(text)):
+                depth += {"{": 1, "}": -1}.get(text[end], 0)
+                if depth == 0:
+                    return text[brace + 1 : end].strip()
+        start = max(text.rfind("\\boxed", 0, start), text.rfind("\\fbox", 0, start))
+    return None
+
+
+def extract_full(text: str) -> str | None:
+    """The whole completion: math-verify then finds the answer itself (boxed first, then the last expression)."""
+    return text
+
+
+EXTRACTORS: dict[str, Callable[[str], str | None]] = {"boxed": extract_boxed, "full": extract_full}
+
+
+# --------------------------------------------------------------------------- math-verify
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_gold(answer: str) -> list:
+    from math_verify import parse
+
+    return parse(f"${answer}$", parsing_timeout=None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_prediction(extracted: str, whole_text: bool) -> list:
+    from math_verify import parse
+
+    return parse(extracted if whole_text else f"${extracted}$", parsing_timeout=None)
+
+
+def verify_answer(completion: str, answer: str, extractor: str | Callable[[str], str | None] = "boxed") -> float:
+    """1.0 if the completion's extracted final answer equals ``answer`` (math-verify), else 0.0. No timeout."""
+    from math_verify import verify
+
+    extract = EXTRACTORS[extractor] if isinstance(extractor, str) else extractor
+    extracted = extract(completion)
+    if not extracted:
+        return 0.0
+    gold = _parse_gold(answer)
+    prediction = _parse_prediction(extracted, extract is extract_full)
+    if not gold or not prediction:
+        return 0.0
+    return 1.0 if verify(gold, prediction, timeout_seconds=None) else 0.0
+
+
+def math_verify_reward(
+    prompts: Sequence[Any] | None,
+    completions: Sequence[Any],
+    answer: Sequence[str],
+    extractor: str | Callable[[str], str | None] = "boxed",
+    timeout_s: float = 5.0,
+    **kwargs: Any,
+) -> list[float]:
+    """TRL-compatible correctness reward: 1.0 per completion whose final answer matches ``answer``.
+
+    ``completions`` are strings or TRL conversational completions (lists of messages; the last
+    message's content is scored). ``extractor``: 'boxed' (last ``\\boxed{}``; no box scores 0),
+    'full' (math-verify searches the whole text), or a callable ``str -> str | None``.
+    Each verification past ``timeout_s`` seconds scores 0. Other keyword columns are ignored.
+    """
+    if isinstance(extractor, str) and extractor not in EXTRACTORS:
+        raise RewardError(f"unknown answer extractor {extractor!r} (have: {', '.join(EXTRACTORS)})")
+    if len(answer) != len(completions):
+        raise RewardError(f"math_verify_reward got {len(completions)} completions but {len(answer)} answers")
+    rewards = []
+    for completion, reference in zip(completions, answer):
+        text = _completion_text(completion)
+        try:
+            rewards.append(call_with_timeout(verify_answer, timeout_s, text, str(reference), extractor))
+        except RewardTimeout:
+            rewards.append(0.0)
+        except Exception:  # noqa: BLE001 - a completion math-verify cannot handle is simply wrong
+            rewards.append(0.0)
+    return rewards
+
+
+def _completion_text(completion: Any) -> str:
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content", ""))
+    return str(completion)
+
+
+# --------------------------------------------------------------------------- user reward functions
+
+
+def load_reward_function(spec: str) -> RewardFunction:
+    """The function named by ``module.path:function`` or ``path/to/file.py:function``.
+
+    Imports exactly the module the user named (never anything derived from data or model output).
+    """
+    module_name, sep, function_name = spec.rpartition(":")
+    if not sep or not module_name or not function_name.isidentifier():
+        raise RewardError(f"task.reward {spec!r} must look like 'package.module:function' or 'file.py:function'")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name).expanduser().resolve()
+            if not path.is_file():
+                raise RewardError(f"task.reward: file {module_name} not found")
+            module_spec = importlib.util.spec_from_file_location(f"thermorl_user_reward_{path.stem}", path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_spec.name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except RewardError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any import failure of user code is a user error
+        raise RewardError(f"task.reward: cannot import {module_name}: {type(err).__name__}: {err}") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise RewardError(f"task.reward: {module_name} has no function {function_name!r}")
+    return function
+
+
+class TaskReward:
+    """A TRL-style reward function seen as ``Task.reward(problem, completion) -> float``.
+
+    The function is called with ``prompts``, ``completions`` and every column of the problem
+    (``answer``, plus dataset fields such as ``solution``) as one-element lists; it must return
+    one real number (a NaN is passed on for the reward guard to count).
+    """
+
+    def __init__(self, function: RewardFunction, name: str, **options: Any) -> None:
+        self.function = function
+        self.name = name
+        self.options = options
+
+    def __call__(self, problem: Any, completion: str) -> float:
+        return self.batch([problem], [completion])[0]
+
+    def batch(self, problems: Sequence[Any], completions: Sequence[str]) -> list[float]:
+        columns: dict[str, list[Any]] = {"answer": [p.answer for p in problems]}
+        for key in problems[0].data if problems else ():
+            if key not in ("prompts", "completions", "answer"):
+                columns[key] = [p.data.get(key) for p in problems]
+        values = self.function(
+            prompts=[p.prompt for p in problems], completions=list(completions), **columns, **self.options
+        )
+        return check_rewards(values, len(completions), self.name)
+
+
+def check_rewards(values: Any, expected: int, name: str) -> list[float]:
+    """``values`` as a list of ``expected`` floats; RewardError if it is not one (NaN passes, for the guard)."""
+    if hasattr(values, "tolist"):
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise RewardError(f"reward function {name} returned {type(values).__name__}, expected a list of {expected} numbers")
+    if len(values) != expected:
+        raise RewardError(f"reward function {name} returned {len(values)} rewards for {expected} completions")
+    for index, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise RewardError(f"reward function {name} returned {type(value).__name__} for completion {index}")
+    return [float(v) for v in values]
