@@ -1,6 +1,7 @@
 """Loading real-model formats: local directories, LoRA adapters (peft), gradient checkpointing, no downloads."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,3 +90,31 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_gradients(b
 def test_lora_needs_a_saved_base():
     with pytest.raises(ModelLoadError, match="needs a pretrained base"):
         load_policy(dataclasses.replace(ModelConfig(path="builtin:random", **TINY), lora_r=4))
+
+
+def test_a_lora_run_resumes_from_its_adapter_checkpoint_exactly(base_dir, tmp_path):
+    import json
+    import shutil
+
+    from thermorl.trainer import train
+
+    user_rewards = Path(__file__).resolve().parent / "user_rewards.py"
+    config = load_config(None, [
+        f"model.path={base_dir}", "model.device=cpu", "model.lora_r=4", f"task.reward={user_rewards}:digit_fraction",
+        "train.steps=3", "train.checkpoint_every=1", "train.keep_checkpoints=3", "task.eval_size=4",
+        "train.eval_avg_problems=2", "train.eval_avg_k=2", "rollout.prompts_per_step=2", "rollout.group_size=2",
+        "rollout.max_new_tokens=6", "algorithm.lr=0.01", "log.plot=false", "log.tensorboard=false",
+        "log.progress=false",
+    ])
+    run = tmp_path / "run"
+    train(config, run)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-000003")
+    train(config, resumed, resume=True)
+
+    def rows(path):
+        lines = (path / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if not k.endswith("_s")} for line in lines]
+
+    assert rows(resumed) == rows(run)

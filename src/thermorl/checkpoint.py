@@ -205,6 +205,9 @@ def load_model_weights(model: torch.nn.Module, model_dir: Path) -> None:
     tensors: dict[str, torch.Tensor] = {}
     for file in sorted(model_dir.glob("*.safetensors")):
         tensors.update(load_file(str(file)))
+    if hasattr(model, "peft_config") and (model_dir / "adapter_config.json").is_file():
+        _load_lora_weights(model, model_dir, tensors)
+        return
     current = model.state_dict()
     for name, tensor in tensors.items():
         if name in current and current[name].shape != tensor.shape:
@@ -218,6 +221,18 @@ def load_model_weights(model: torch.nn.Module, model_dir: Path) -> None:
         raise CheckpointError(
             f"checkpoint {model_dir} does not match the configured model "
             f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+
+
+def _load_lora_weights(model: torch.nn.Module, model_dir: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """A LoRA checkpoint holds only the adapters (peft names them without the adapter name)."""
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(model, tensors)
+    if result.unexpected_keys or len(tensors) == 0:
+        raise CheckpointError(
+            f"checkpoint {model_dir} does not match the configured LoRA adapters "
+            f"(unexpected {sorted(result.unexpected_keys)[:3]})"
         )
 
 
