@@ -64,7 +64,9 @@ def test_jsonl_strings_may_contain_unicode_line_separators(tmp_path):
 
 
 def test_math_task_prompts_ask_for_a_boxed_answer_and_reward_with_math_verify():
-    config = load_config(None, ["task.name=math", "task.dataset=aime24", "task.eval_dataset=amc23", "task.eval_size=10"])
+    config = load_config(
+        None, ["task.name=math", "task.dataset=aime24", "task.eval_dataset=amc23", "task.eval_size=10"]
+    )
     task = build_task(config.task)
     assert isinstance(task, MathTask)
     assert len(task.eval_problems()) == 10

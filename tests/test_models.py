@@ -79,7 +79,7 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_gradients(b
         batch = _batch(policy, controller)
         policy.model.train()
         calls = []
-        policy.model.get_decoder().layers[0].self_attn.register_forward_hook(lambda *args: calls.append(1))
+        policy.model.get_decoder().layers[0].self_attn.register_forward_hook(lambda *args, calls=calls: calls.append(1))
         score(policy, batch).logprobs.sum().backward()
         forward_calls.append(len(calls))
         grads.append(torch.cat([p.grad.reshape(-1) for p in policy.model.parameters() if p.grad is not None]))

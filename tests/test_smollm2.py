@@ -63,7 +63,8 @@ def test_a_evaluates_16_gsm8k_problems_with_the_chat_template(gguf_policy, timin
     from thermorl.temperature import ControllerEnv, build_controller
 
     prompt_ids, _ = encode_prompts(gguf_policy, ["What is 2+3?"])
-    assert "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n" in gguf_policy.tokenizer.decode(prompt_ids[0])
+    chat = "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n"
+    assert chat in gguf_policy.tokenizer.decode(prompt_ids[0])
     config = load_config(None, ["temperature.fixed.temperature=0.6"])
     controller = build_controller(config.temperature, ControllerEnv(gguf_policy.hidden_size, 1, gguf_policy.device))
     # the 135M model rarely writes \boxed{}; let math-verify find its final answer anywhere

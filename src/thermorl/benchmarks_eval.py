@@ -115,7 +115,7 @@ def evaluate_benchmarks(
                 policy, held_out, chunk, controller, settings.samples, settings.max_new_tokens, False, generator,
                 batch_rows=batch_rows, training_step=training_step,
             )
-            correct.extend(int(round(sum(s))) for s in scores)
+            correct.extend(round(sum(s)) for s in scores)
             if bar is not None:
                 progress.update(bar, advance=len(chunk))
         entry = summarise(correct, settings.samples, settings.k, settings.seed)
@@ -173,8 +173,10 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines = [
         f"# Evaluation of {s['model']}",
         "",
-        f"controller `{s['controller']}`, {s['samples']} samples per problem, max {s['max_new_tokens']} new tokens, "
-        f"seed {s['seed']}; percent, 95% bootstrap intervals over problems.",
+        (
+            f"controller `{s['controller']}`, {s['samples']} samples per problem, max {s['max_new_tokens']} new "
+            f"tokens, seed {s['seed']}; percent, 95% bootstrap intervals over problems."
+        ),
         "",
         f"| benchmark | problems | avg@{k} | 95% CI | pass@{k} | 95% CI |",
         "|---|---:|---:|---:|---:|---:|",

@@ -150,10 +150,13 @@ def evaluate(
         None, "--checkpoint", help="A run directory, a checkpoint directory, or a model directory."
     ),
     k: int = typer.Option(8, help="Samples per problem for avg@k and pass@k."),
-    problems: Optional[int] = typer.Option(None, help="Problems to score (default: all held-out / benchmark problems)."),
+    problems: Optional[int] = typer.Option(
+        None, help="Problems to score (default: all held-out / benchmark problems)."
+    ),
     seed: int = typer.Option(0, help="Sampling seed."),
     model: Optional[str] = typer.Option(
-        None, "--model", help="With --benchmarks: a model directory, .gguf file or LoRA adapter (instead of --checkpoint)."
+        None, "--model",
+        help="With --benchmarks: a model directory, .gguf file or LoRA adapter (instead of --checkpoint).",
     ),
     benchmarks: Optional[str] = typer.Option(
         None, "--benchmarks", help="Comma-separated math benchmarks or data files, e.g. math500,aime24,amc23 "
@@ -163,7 +166,8 @@ def evaluate(
     max_new_tokens: Optional[int] = typer.Option(None, help="With --benchmarks: generation budget (default 1024)."),
     batch_size: int = typer.Option(64, help="With --benchmarks: completions decoded together."),
     out: Optional[Path] = typer.Option(
-        None, "--out", "-o", help="With --benchmarks: directory of eval.json / eval.md; benchmarks already in it are skipped."
+        None, "--out", "-o",
+        help="With --benchmarks: directory of eval.json / eval.md; benchmarks already in it are skipped.",
     ),
     overrides: list[str] = typer.Option([], "--set", "-s", help="Override a field, e.g. temperature.controller=fixed."),
 ) -> None:

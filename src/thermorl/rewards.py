@@ -202,7 +202,9 @@ def check_rewards(values: Any, expected: int, name: str) -> list[float]:
     if hasattr(values, "tolist"):
         values = values.tolist()
     if not isinstance(values, (list, tuple)):
-        raise RewardError(f"reward function {name} returned {type(values).__name__}, expected a list of {expected} numbers")
+        raise RewardError(
+            f"reward function {name} returned {type(values).__name__}, expected a list of {expected} numbers"
+        )
     if len(values) != expected:
         raise RewardError(f"reward function {name} returned {len(values)} rewards for {expected} completions")
     for index, value in enumerate(values):

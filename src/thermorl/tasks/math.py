@@ -43,7 +43,7 @@ class MathTask(Task):
         self._reward = reward
 
     @classmethod
-    def from_config(cls, config: TaskConfig) -> "MathTask":
+    def from_config(cls, config: TaskConfig) -> MathTask:
         from thermorl.rewards import TaskReward, math_verify_reward
 
         def problems(source: str, split: str) -> list[Problem]:

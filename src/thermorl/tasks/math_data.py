@@ -90,7 +90,7 @@ def _load_parquet(path: Path) -> list[tuple[int, Any]]:
 
     try:
         table = pq.read_table(path)
-    except Exception as err:  # pyarrow raises several unrelated types for unreadable files
+    except Exception as err:  # noqa: BLE001 - pyarrow raises several unrelated types for unreadable files
         raise DataError(f"cannot read parquet dataset {path}: {str(err).splitlines()[0]}") from None
     return list(enumerate(table.to_pylist(), start=1))
 
@@ -116,7 +116,7 @@ def _load_hub(spec: str, default_split: str) -> list[tuple[int, Any]]:
     config, _, split = rest.partition(":")
     try:
         dataset = datasets.load_dataset(name, config or None, split=split or default_split)
-    except Exception as err:  # network, missing dataset, bad split: all user-facing
+    except Exception as err:  # noqa: BLE001 - network, missing dataset, bad split: all user-facing
         raise DataError(f"cannot load hub dataset {spec!r}: {str(err).strip().splitlines()[0]}") from None
     return list(enumerate(dataset, start=1))
 
