@@ -122,10 +122,13 @@ def pretrain(
     out: Path = typer.Option(Path("pretrained-tiny"), "--out", "-o", help="Output model directory."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (its task and model sections)."),
     overrides: list[str] = typer.Option([], "--set", "-s", help="Override a field: section.field=value."),
-    steps: int = typer.Option(1000, help="Supervised steps."),
+    steps: int = typer.Option(400, help="Supervised steps (400 reproduces the shipped warm start)."),
     batch_size: int = typer.Option(128, help="Demonstrations per step."),
     lr: float = typer.Option(1e-3, help="Peak AdamW learning rate (one-cycle schedule)."),
     seed: int = typer.Option(0, help="Seed."),
+    attempt_fraction: float = typer.Option(
+        0.0, help="Share of rows that are target-blind attempts (right arithmetic, random choices) instead of solutions."
+    ),
 ) -> None:
     """Warm-start the built-in tiny model on demonstrations of the synthetic task (the shipped `builtin` model)."""
     from thermorl.config import load_config
@@ -136,7 +139,7 @@ def pretrain(
         if out.exists() and any(out.iterdir()):
             fail(f"output directory {out} exists and is not empty")
         summary = run_pretrain(
-            cfg.task, cfg.model, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+            cfg.task, cfg.model, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, attempt_fraction=attempt_fraction,
             on_eval=lambda s, loss, acc: console.print(f"step {s:>5}  loss {loss:.4f}  held-out greedy acc {acc:.3f}"),
         )
     except ThermoRLError as err:

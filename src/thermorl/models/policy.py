@@ -33,6 +33,11 @@ class Policy:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
 
+    def __post_init__(self) -> None:
+        # transformers >= 5.2x names the KV-cache argument `cache`; earlier releases `past_key_values`.
+        parameters = inspect.signature(self.model.get_decoder().forward).parameters
+        self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -45,10 +50,8 @@ class Policy:
         self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Cache | None = None
     ) -> tuple[Tensor, Cache | None]:
         """Last-layer hidden states (B, L, d) and the updated cache."""
-        decoder = self.model.get_decoder()
-        # transformers >= 5.2x names the KV cache `cache`; earlier releases `past_key_values`.
-        cache_kwarg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-        out = decoder(
+        cache_kwarg = self._cache_kwarg
+        out = self.model.get_decoder()(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
