@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from thermorl.algorithms.logprobs import tempered_logprobs
+from thermorl.algorithms.logprobs import gather_logprobs, tempered_log_softmax, tempered_logprobs
 from thermorl.errors import NonFiniteError
 from thermorl.models.policy import Policy
 from thermorl.temperature.base import StepContext, TemperatureController
@@ -121,12 +121,12 @@ def sample(
         if not torch.isfinite(tau).all():
             raise NonFiniteError(f"non-finite temperature from the {controller.name} controller at token {t}")
         tau = tau.clamp(*temperature_range)
+        logp = tempered_log_softmax(logits, tau)
         if greedy:
             token = logits.argmax(-1)
         else:
-            probs = torch.softmax(logits / tau.unsqueeze(-1), dim=-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        token_logp, entropy = tempered_logprobs(logits, token, tau)
+            token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+        token_logp, entropy = gather_logprobs(logp, token)
 
         tokens[rows, t] = token
         mask[rows, t] = 1.0

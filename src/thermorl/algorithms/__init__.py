@@ -1,7 +1,7 @@
 from thermorl.algorithms.grpo import aggregate, approx_kl, clipped_policy_loss, group_advantages, kl_penalty
-from thermorl.algorithms.logprobs import chunked_tempered_logprobs, tempered_logprobs
+from thermorl.algorithms.logprobs import gather_logprobs, tempered_log_softmax, tempered_logprobs
 
 __all__ = [
-    "aggregate", "approx_kl", "chunked_tempered_logprobs", "clipped_policy_loss", "group_advantages",
-    "kl_penalty", "tempered_logprobs",
+    "aggregate", "approx_kl", "clipped_policy_loss", "gather_logprobs", "group_advantages",
+    "kl_penalty", "tempered_log_softmax", "tempered_logprobs",
 ]
