@@ -178,15 +178,19 @@ def grpo_update(
     return {key: value / updates for key, value in totals.items()}
 
 
+def _trainable_parameters(c: Components) -> list[torch.nn.Parameter]:
+    """The language model's parameters and, when the controller has one, its head's."""
+    head = list(c.controller.module.parameters()) if c.controller.module is not None else []
+    return list(c.policy.model.parameters()) + head
+
+
 def _finite_gradients(c: Components) -> bool:
-    parameters = list(c.policy.model.parameters()) + (list(c.controller.module.parameters()) if c.controller.module else [])
-    norms = [p.grad.detach().norm() for p in parameters if p.grad is not None]
+    norms = [p.grad.detach().norm() for p in _trainable_parameters(c) if p.grad is not None]
     return not norms or bool(torch.isfinite(torch.stack(norms).sum()))
 
 
 def _finite_parameters(c: Components) -> bool:
-    parameters = list(c.policy.model.parameters()) + (list(c.controller.module.parameters()) if c.controller.module else [])
-    return bool(torch.isfinite(torch.stack([p.detach().norm() for p in parameters]).sum()))
+    return bool(torch.isfinite(torch.stack([p.detach().norm() for p in _trainable_parameters(c)]).sum()))
 
 
 def evaluate_policy(c: Components, config: Config, step: int, generator: torch.Generator) -> dict[str, float]:
