@@ -80,7 +80,7 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_gradients(b
         policy.model.train()
         calls = []
         policy.model.get_decoder().layers[0].self_attn.register_forward_hook(lambda *args, calls=calls: calls.append(1))
-        score(policy, batch).logprobs.sum().backward()
+        score(policy, batch, share_prompts=False).logprobs.sum().backward()  # one pass over prompt + completion
         forward_calls.append(len(calls))
         grads.append(torch.cat([p.grad.reshape(-1) for p in policy.model.parameters() if p.grad is not None]))
     assert forward_calls == [1, 2]  # the checkpointed layer runs again in the backward pass

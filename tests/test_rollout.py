@@ -37,6 +37,28 @@ def test_training_logprobs_match_sampling_with_per_token_temperatures(tiny_polic
     assert (wrong[valid] - batch.logprobs[valid]).abs().max() > 1e-2
 
 
+def test_groups_share_one_prompt_pass_with_the_full_pass_gradients(tiny_policy):
+    # GRPO groups: 4 prompts of different lengths (left padding), 5 rows each, rows shuffled
+    prompts = [p for p in ["1,2>3:", "12,3,7>33:", "4,4>16:", "11,10,9>90:"] for _ in range(5)]
+    ids, mask = encode_prompts(tiny_policy, prompts)
+    batch = sample(tiny_policy, PositionAndRowTemperature(), ids, mask, 16, torch.Generator().manual_seed(1))
+    batch = batch.select(torch.randperm(len(batch), generator=torch.Generator().manual_seed(2)))
+    valid = batch.completion_mask.bool()
+    results = []
+    for share in (True, False):
+        tiny_policy.model.zero_grad(set_to_none=True)
+        scored = score(tiny_policy, batch, share_prompts=share)
+        (scored.logprobs * batch.completion_mask).sum().backward()
+        grads = torch.cat([p.grad.reshape(-1) for p in tiny_policy.model.parameters() if p.grad is not None])
+        results.append((scored.logprobs.detach(), scored.hidden.detach(), grads))
+    (shared_lp, shared_h, shared_g), (full_lp, full_h, full_g) = results
+    tiny_policy.model.zero_grad(set_to_none=True)
+    assert torch.allclose(shared_lp[valid], full_lp[valid], atol=1e-5)
+    assert torch.allclose(shared_lp[valid], batch.logprobs[valid], atol=1e-5)
+    assert torch.allclose(shared_h[valid], full_h[valid], atol=1e-5)
+    assert full_g.norm() > 0 and (shared_g - full_g).norm() / full_g.norm() < 1e-5  # float32 summation order
+
+
 def test_records_are_aligned_with_rows(tiny_policy):
     ids, mask = _prompts(tiny_policy, 6)
     batch = sample(tiny_policy, PositionAndRowTemperature(), ids, mask, 8, torch.Generator().manual_seed(1))

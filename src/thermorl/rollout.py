@@ -79,6 +79,22 @@ def encode_prompts(policy: Policy, prompts: list[str]) -> tuple[Tensor, Tensor]:
     return encoded["input_ids"].to(policy.device), encoded["attention_mask"].to(policy.device)
 
 
+def prompt_pass(policy: Policy, prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, DynamicCache]:
+    """Run each distinct prompt once; copy its KV cache to every row that repeats it (a GRPO group).
+
+    Returns the last prompt position's hidden state per row (N, d) and the per-row cache. The copy
+    is an index, so gradients flow back to the shared pass exactly as from N separate passes.
+    """
+    distinct, row_prompt = torch.unique(
+        torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1), dim=0, return_inverse=True
+    )
+    ids, mask = distinct.split(prompt_ids.shape[1], dim=1)
+    mask = mask.to(prompt_mask.dtype)
+    hidden, cache = policy.hidden(ids, mask, positions_from_mask(mask), DynamicCache())
+    cache.batch_select_indices(row_prompt)  # also undoes unique's sorting
+    return hidden[row_prompt, -1], cache
+
+
 @torch.no_grad()
 def sample(
     policy: Policy,
@@ -93,6 +109,8 @@ def sample(
 ) -> RolloutBatch:
     """Generate one completion per prompt row; ``greedy`` takes the argmax (temperature ignored).
 
+    Rows with the same prompt (a GRPO group) share one prompt pass (``prompt_pass``). The (N, T) fields end at the longest completion
+    (T <= ``max_new_tokens``), so no column is padding in every row.
     Raises ``NonFiniteError`` on NaN/inf logits or temperatures (the trainer skips such a step).
     """
     num_rows, device = prompt_ids.shape[0], prompt_ids.device
@@ -105,15 +123,14 @@ def sample(
     records: dict[str, Tensor] = {}
 
     controller.start(num_rows, training_step)
-    cache = DynamicCache()
-    positions = positions_from_mask(prompt_mask)
-    hidden, cache = policy.hidden(prompt_ids, prompt_mask, positions, cache)
-    hidden = hidden[:, -1]
+    hidden, cache = prompt_pass(policy, prompt_ids, prompt_mask)
     attention = prompt_mask
-    next_position = positions[:, -1] + 1
+    next_position = positions_from_mask(prompt_mask)[:, -1] + 1
     rows = torch.arange(num_rows, device=device)
 
+    generated = 0  # the longest completion so far
     for t in range(max_new_tokens):
+        generated = t + 1
         logits = policy.logits(hidden)
         tau, step_records = controller.choose(StepContext(logits, hidden, t, rows, training_step))
         if not torch.isfinite(logits).all():
@@ -150,7 +167,11 @@ def sample(
         hidden = hidden[:, -1]
         next_position = next_position + 1
 
-    return RolloutBatch(prompt_ids, prompt_mask, tokens, mask, temperatures, logprobs, entropies, records)
+    completion = slice(0, generated)
+    return RolloutBatch(
+        prompt_ids, prompt_mask, tokens[:, completion], mask[:, completion], temperatures[:, completion],
+        logprobs[:, completion], entropies[:, completion], {name: v[:, completion] for name, v in records.items()},
+    )
 
 
 def decode_completions(policy: Policy, batch: RolloutBatch) -> list[str]:
@@ -173,12 +194,25 @@ class Scored:
     logits: Tensor  # (N, T, V) untempered
 
 
-def score(policy: Policy, batch: RolloutBatch) -> Scored:
-    """Recompute tempered log-probs of ``batch`` with gradients, at the temperatures sampling used."""
-    input_ids, mask, positions = batch.full_inputs()
-    hidden, _ = policy.hidden(input_ids, mask, positions)
+def score(policy: Policy, batch: RolloutBatch, share_prompts: bool = True) -> Scored:
+    """Recompute tempered log-probs of ``batch`` with gradients, at the temperatures sampling used.
+
+    Rows with the same prompt (a GRPO group) share one pass over that prompt: its keys and values
+    are computed once and indexed per row, and the completions attend to them. Indexing is
+    differentiable, so the gradient is that of one full pass over every row (the tests compare
+    both), at a fraction of the prompt compute. Gradient checkpointing keeps the full pass (it
+    runs without a KV cache).
+    """
     prompt_len = batch.prompt_ids.shape[1]
-    hidden = hidden[:, prompt_len - 1 : -1]
+    if share_prompts and not policy.activation_checkpointing:
+        last_prompt_hidden, cache = prompt_pass(policy, batch.prompt_ids, batch.prompt_mask)
+        _, mask, positions = batch.full_inputs()
+        completion_hidden, _ = policy.hidden(batch.completion_ids, mask, positions[:, prompt_len:], cache)
+        hidden = torch.cat([last_prompt_hidden.unsqueeze(1), completion_hidden[:, :-1]], dim=1)
+    else:
+        input_ids, mask, positions = batch.full_inputs()
+        hidden, _ = policy.hidden(input_ids, mask, positions)
+        hidden = hidden[:, prompt_len - 1 : -1]
     logits = policy.logits(hidden)
     logprobs, entropies = tempered_logprobs(logits, batch.completion_ids, batch.temperatures)
     return Scored(logprobs, entropies, hidden, logits)

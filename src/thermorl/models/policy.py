@@ -46,6 +46,14 @@ class Policy:
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
 
+    @property
+    def activation_checkpointing(self) -> bool:
+        """Whether the model recomputes activations in backward (it then runs without a KV cache)."""
+        model = self.model  # transformers >= 5.2x renamed is_gradient_checkpointing
+        if hasattr(model, "is_activation_checkpointing"):
+            return bool(model.is_activation_checkpointing)
+        return bool(model.is_gradient_checkpointing)
+
     def hidden(
         self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Cache | None = None
     ) -> tuple[Tensor, Cache | None]:
