@@ -7,7 +7,7 @@ import pytest
 from conftest import run_cli
 
 
-@pytest.mark.parametrize("command", ["train", "pretrain", "eval", "config"])
+@pytest.mark.parametrize("command", ["train", "pretrain", "eval", "config", "compare"])
 def test_help(command):
     result = run_cli(command, "--help")
     assert result.returncode == 0

@@ -310,6 +310,65 @@ def show_config() -> None:
     Console(width=200).print(table)
 
 
+@app.command()
+def compare(
+    controllers: str = typer.Option(
+        "fixed:0.6,fixed:1.0,fixed:1.4,linear,ead,entropy,tampo,introspective",
+        help="Comma-separated controllers; fixed:T is a fixed temperature T, other names use their config defaults.",
+    ),
+    seeds: int = typer.Option(5, min=1, help="Seeds per controller (0..N-1); the same seeds for every controller."),
+    steps: int = typer.Option(100, min=1, help="GRPO steps of every run (equal budget)."),
+    out: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="Study directory (rerun to continue it)."),
+    jobs: int = typer.Option(0, min=0, help="Runs at once, one CPU thread each (0 = number of CPU cores)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config shared by every run."),
+    overrides: list[str] = typer.Option([], "--set", "-s", help="Override a field of every run (repeatable)."),
+) -> None:
+    """Train every controller x seed at one budget; write a table with 95% intervals, compare.json and plots.
+
+    Finished runs are skipped, interrupted ones resumed. Writes OUT/compare.md, compare.json, curves.png
+    and final_accuracy.png; exits 1 if a run failed (its log is OUT/runs/<run>.log).
+    """
+    import os
+
+    from thermorl import compare as study
+    from thermorl.config import load_config
+
+    try:
+        arms = study.parse_arms(controllers)
+        for arm in arms:  # a bad config fails here, before any run starts
+            load_config(config, [*arm.overrides, *overrides, f"train.steps={steps}"])
+        study.check_study(out, steps, config, list(overrides))
+    except ThermoRLError as err:
+        fail(str(err))
+    runs = study.plan_runs(out, arms, seeds)
+    todo = sum(not r.done for r in runs)
+    jobs = jobs or os.cpu_count() or 1
+    console.print(f"{len(runs)} runs ({len(runs) - todo} already finished), {jobs} at a time, {steps} steps each")
+    bar = Progress(TextColumn("[bold]compare"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console)
+
+    def finished(run: "study.Run", code: int) -> None:
+        if run.done:
+            acc = json.loads((run.out / "summary.json").read_text())["final_eval_accuracy"]
+            bar.console.print(f"{run.arm.label:>14} seed {run.seed}: greedy acc {acc:.3f}", highlight=False)
+        else:
+            bar.console.print(f"[red]{run.arm.label} seed {run.seed} failed (exit {code}); log {run.out}.log")
+        bar.advance(task)
+
+    with bar:
+        task = bar.add_task("runs", total=todo)
+        failed = study.execute(runs, steps, jobs, config, list(overrides), finished)
+    try:
+        result = study.aggregate(out, arms, seeds)
+    except ThermoRLError as err:
+        fail(str(err))
+    Console().print((out / "compare.md").read_text(), highlight=False, soft_wrap=True)
+    console.print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}, {out / 'curves.png'}, {out / 'final_accuracy.png'}")
+    if failed or result["missing_runs"]:
+        console.print(f"[bold red]error:[/] {len(failed)} run(s) failed; rerun the same command to retry them")
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     from transformers.utils import logging as hf_logging
 

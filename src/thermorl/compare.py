@@ -1,0 +1,369 @@
+"""``thermorl compare``: every temperature controller x seed at one budget, with confidence intervals.
+
+Each (controller, seed) pair is an ordinary ``thermorl train`` run in ``OUT/runs/<arm>-s<seed>``,
+launched as a subprocess (at most ``jobs`` at once, one torch thread each). A run whose
+``summary.json`` exists is skipped; one with a checkpoint is resumed; one killed before its
+first checkpoint is started again. So an interrupted study continues where it stopped.
+
+The aggregate (``OUT/compare.md``, ``OUT/compare.json``, ``OUT/curves.png``,
+``OUT/final_accuracy.png``) reports, per controller, the mean over seeds of held-out greedy
+accuracy, avg@k and pass@k with 95% t-intervals; a paired t-test (same seeds) of introspective
+against the best fixed temperature; and the smallest paired difference the study can resolve.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from scipy import stats
+
+from thermorl.checkpoint import list_checkpoints
+from thermorl.errors import ThermoRLError
+from thermorl.tracking import read_metrics
+
+DEFAULT_CONTROLLERS = "fixed:0.6,fixed:1.0,fixed:1.4,linear,ead,entropy,tampo,introspective"
+DEFAULT_SEEDS = 5
+DEFAULT_STEPS = 100
+CONTROLLERS = ("fixed", "linear", "ead", "entropy", "tampo", "introspective")
+METRICS = (
+    ("final_eval_accuracy", "greedy acc"),
+    ("final_eval_avg_at_k", "avg@k"),
+    ("final_eval_pass_at_k", "pass@k"),
+)
+
+
+# --------------------------------------------------------------------------- the study plan
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One controller setting of the study: ``fixed:0.6`` or a controller name with its defaults."""
+
+    label: str
+    overrides: tuple[str, ...]
+
+    @property
+    def slug(self) -> str:
+        return self.label.replace(":", "_")
+
+
+def parse_arms(spec: str) -> list[Arm]:
+    """``"fixed:0.6,fixed:1.0,tampo"`` -> arms; ``fixed:T`` sets the fixed temperature T."""
+    arms = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        name, _, value = item.partition(":")
+        if name not in CONTROLLERS:
+            raise ThermoRLError(f"--controllers: unknown controller {name!r} (choose from {', '.join(CONTROLLERS)})")
+        overrides = [f"temperature.controller={name}"]
+        if value:
+            if name != "fixed":
+                raise ThermoRLError(f"--controllers: only fixed takes a value (fixed:0.8), got {item!r}")
+            try:
+                if not float(value) > 0:
+                    raise ValueError
+            except ValueError:
+                raise ThermoRLError(f"--controllers: {item!r} needs a positive temperature") from None
+            overrides.append(f"temperature.fixed.temperature={value}")
+        elif name == "fixed":
+            raise ThermoRLError("--controllers: write fixed:T with the temperature T, e.g. fixed:1.0")
+        arms.append(Arm(item, tuple(overrides)))
+    if not arms:
+        raise ThermoRLError("--controllers names no controller")
+    if len({a.label for a in arms}) != len(arms):
+        raise ThermoRLError("--controllers names a controller twice")
+    return arms
+
+
+@dataclass
+class Run:
+    arm: Arm
+    seed: int
+    out: Path
+
+    @property
+    def done(self) -> bool:
+        return (self.out / "summary.json").is_file()
+
+    def command(self, steps: int, config: Path | None, overrides: list[str]) -> list[str]:
+        cmd = [sys.executable, "-m", "thermorl.cli", "train"]
+        if list_checkpoints(self.out):
+            return cmd + ["--resume", str(self.out)]  # its own config.yaml holds the steps and the arm
+        shutil.rmtree(self.out, ignore_errors=True)  # a run killed before its first checkpoint starts again
+        if config is not None:
+            cmd += ["--config", str(config)]
+        cmd += ["--out", str(self.out), "--steps", str(steps), "--seed", str(self.seed)]
+        for item in (*self.arm.overrides, *overrides, *STUDY_OVERRIDES):
+            cmd += ["--set", item]
+        return cmd
+
+
+# one thread per run (runs go in parallel); no progress bar, TensorBoard or per-run plots; one
+# evaluation at the start and one at the end (the curves use the per-step training reward)
+STUDY_OVERRIDES = ("train.threads=1", "log.progress=false", "log.tensorboard=false", "log.plot=false",
+                   "train.eval_every=1000000")
+
+
+def plan_runs(out: Path, arms: list[Arm], seeds: int) -> list[Run]:
+    return [Run(arm, seed, out / "runs" / f"{arm.slug}-s{seed}") for arm in arms for seed in range(seeds)]
+
+
+def check_study(out: Path, steps: int, config: Path | None, overrides: list[str]) -> None:
+    """Record the study's budget in OUT/study.json, or refuse to mix budgets in one directory.
+
+    Controllers and seeds may be added to an existing study; steps, config and overrides may not change.
+    """
+    budget = {"steps": steps, "config": str(config) if config else None, "overrides": list(overrides)}
+    path = out / "study.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        for key, value in budget.items():
+            if saved.get(key) != value:
+                raise ThermoRLError(
+                    f"{out} holds a study with {key}={saved.get(key)!r}, not {value!r} (choose another --out)"
+                )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(budget, indent=2))
+
+
+def execute(
+    runs: list[Run], steps: int, jobs: int, config: Path | None, overrides: list[str],
+    on_finish: Callable[[Run, int], None] = lambda run, code: None,
+) -> list[Run]:
+    """Run every unfinished run, ``jobs`` at a time; returns the runs that failed."""
+    pending = [r for r in runs if not r.done]
+    active: list[tuple[Run, subprocess.Popen, object]] = []
+    failed = []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    try:
+        while pending or active:
+            while pending and len(active) < jobs:
+                run = pending.pop(0)
+                cmd = run.command(steps, config, overrides)
+                run.out.parent.mkdir(parents=True, exist_ok=True)
+                log = open(run.out.parent / f"{run.out.name}.log", "a")
+                active.append((run, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+            time.sleep(0.5)
+            for item in list(active):
+                run, proc, log = item
+                if proc.poll() is None:
+                    continue
+                active.remove(item)
+                log.close()
+                if proc.returncode != 0 or not run.done:
+                    failed.append(run)
+                on_finish(run, proc.returncode)
+    finally:
+        for _, proc, log in active:  # Ctrl-C: each run saves a checkpoint and stops
+            proc.terminate()
+            proc.wait()
+            log.close()
+    return failed
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its t confidence interval: t_{(1+level)/2, n-1} * s / sqrt(n)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, stats.t.ppf((1 + level) / 2, n - 1) * sd / math.sqrt(n)
+
+
+def paired_test(a: list[float], b: list[float]) -> dict[str, float]:
+    """Paired t-test of a - b over matched seeds: d_i = a_i - b_i, t = mean(d) / (s_d / sqrt(n))."""
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    mean, half = mean_ci(diffs)
+    result = stats.ttest_rel(a, b)
+    return {"mean_difference": mean, "ci95": half, "t": float(result.statistic), "p_value": float(result.pvalue),
+            "n": len(diffs)}
+
+
+def min_detectable_difference(diffs_sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest true paired difference detected with the given power by a two-sided paired t-test:
+    MDE = (t_{1-alpha/2, n-1} + t_{power, n-1}) * s_d / sqrt(n)."""
+    if n < 2:
+        return float("nan")
+    return (stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * diffs_sd / math.sqrt(n)
+
+
+def binomial_se(accuracy: float, problems: int) -> float:
+    """Standard error of one accuracy measured on ``problems`` independent problems."""
+    return math.sqrt(accuracy * (1 - accuracy) / problems)
+
+
+def moving_mean(values: list[float], window: int) -> list[float]:
+    """Trailing moving mean: entry i averages values[max(0, i - window + 1) : i + 1]."""
+    out = []
+    for i in range(len(values)):
+        part = values[max(0, i - window + 1): i + 1]
+        out.append(sum(part) / len(part))
+    return out
+
+
+def _sd(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1))
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def aggregate(out: Path, arms: list[Arm], seeds: int) -> dict:
+    """Read every finished run of the study and write compare.json, compare.md and the plots."""
+    runs = plan_runs(out, arms, seeds)
+    summaries = {r.arm.label: {} for r in runs}
+    for r in runs:
+        if r.done:
+            summaries[r.arm.label][r.seed] = json.loads((r.out / "summary.json").read_text())
+    complete = [a for a in arms if len(summaries[a.label]) == seeds]
+    first = next((s for runs_ in summaries.values() for s in runs_.values()), None)
+    if first is None:
+        raise ThermoRLError(f"no finished run under {out / 'runs'}")
+
+    table = {}
+    for arm in arms:
+        per_seed = summaries[arm.label]
+        row = {"seeds": sorted(per_seed), "steps": sorted({s["steps"] for s in per_seed.values()})}
+        for key, _ in METRICS:
+            values = [per_seed[s][key] for s in sorted(per_seed)]
+            if values:
+                mean, half = mean_ci(values)
+                row[key] = {"mean": mean, "ci95": half, "values": values}
+        table[arm.label] = row
+
+    fixed = [a for a in complete if a.label.startswith("fixed:")]
+    comparison = None
+    if fixed and any(a.label == "introspective" for a in complete):
+        best = max(fixed, key=lambda a: table[a.label]["final_eval_accuracy"]["mean"])
+        intro = table["introspective"]["final_eval_accuracy"]["values"]
+        base = table[best.label]["final_eval_accuracy"]["values"]
+        comparison = {"best_fixed": best.label, **paired_test(intro, base)}
+        comparison["min_detectable_difference"] = min_detectable_difference(
+            _sd([x - y for x, y in zip(intro, base)]), seeds
+        )
+    problems = first["eval_problems"]
+    result = {
+        "seeds": seeds,
+        "steps": first["steps"],
+        "eval_problems": problems,
+        "warm_start_accuracy": first["initial_eval_accuracy"],
+        "eval_noise_se": binomial_se(first["initial_eval_accuracy"], problems),
+        "resolution": _resolution(table, complete, seeds),
+        "arms": table,
+        "introspective_vs_best_fixed": comparison,
+        "missing_runs": [f"{r.arm.label} seed {r.seed}" for r in runs if not r.done],
+    }
+    (out / "compare.json").write_text(json.dumps(result, indent=2))
+    (out / "compare.md").write_text(markdown_table(result))
+    plot_study(out, arms, seeds, result)
+    return result
+
+
+def _resolution(table: dict, complete: list[Arm], seeds: int) -> float:
+    """The study's resolution: MDE of a paired comparison, with s_d pooled over every pair of complete arms."""
+    diffs_var = []
+    for i, a in enumerate(complete):
+        for b in complete[i + 1:]:
+            x, y = table[a.label]["final_eval_accuracy"]["values"], table[b.label]["final_eval_accuracy"]["values"]
+            diffs_var.append(_sd([u - v for u, v in zip(x, y)]) ** 2)
+    if not diffs_var:
+        return float("nan")
+    return min_detectable_difference(math.sqrt(sum(diffs_var) / len(diffs_var)), seeds)
+
+
+def markdown_table(result: dict) -> str:
+    lines = [
+        f"Held-out greedy accuracy, avg@k and pass@k after {result['steps']} GRPO steps: mean over "
+        f"{result['seeds']} seeds, +- the 95% t-interval half-width; {result['eval_problems']} held-out problems "
+        f"(greedy), warm start {result['warm_start_accuracy']:.3f}.",
+        "",
+        "| controller | " + " | ".join(label for _, label in METRICS) + " | runs |",
+        "|---|" + "---|" * (len(METRICS) + 1),
+    ]
+    for label, row in result["arms"].items():
+        cells = [f"{row[k]['mean']:.3f} +- {row[k]['ci95']:.3f}" if k in row else "-" for k, _ in METRICS]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(row['seeds'])} |")
+    lines += ["", f"Resolution: a paired difference of {result['resolution']:.3f} in greedy accuracy is detected "
+              f"with 80% power at alpha 0.05 (s_d pooled over all controller pairs); one accuracy on "
+              f"{result['eval_problems']} problems has a standard error of {result['eval_noise_se']:.3f}."]
+    c = result["introspective_vs_best_fixed"]
+    if c:
+        verdict = ("beats" if c["mean_difference"] > 0 else "is worse than") if c["p_value"] < 0.05 else \
+            "is not distinguishable from"
+        lines.append(
+            f"Introspective {verdict} the best fixed temperature ({c['best_fixed']}): paired difference "
+            f"{c['mean_difference']:+.3f} +- {c['ci95']:.3f}, t = {c['t']:.2f}, p = {c['p_value']:.3f} "
+            f"(n = {c['n']} seeds; the best fixed arm is picked after the fact, which favours it)."
+        )
+    if result["missing_runs"]:
+        lines.append(f"Missing runs: {', '.join(result['missing_runs'])}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(out: Path, arms: list[Arm], seeds: int, result: dict, smooth: int = 10) -> None:
+    """curves.png: training reward per step (moving mean over ``smooth`` steps), mean and 95% band over
+    seeds; final_accuracy.png: final greedy accuracy per controller with its interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(9, 5.5))
+    for arm in arms:
+        curves = []
+        for r in plan_runs(out, [arm], seeds):
+            if r.done:
+                rewards = [row["reward_mean"] for row in read_metrics(r.out / "metrics.jsonl")
+                           if row.get("reward_mean") is not None]
+                curves.append(moving_mean(rewards, smooth))
+        if not curves:
+            continue
+        length = min(map(len, curves))
+        points = [mean_ci([c[i] for c in curves]) for i in range(length)]
+        steps = range(1, length + 1)
+        means = [m for m, _ in points]
+        axis.plot(steps, means, label=arm.label)
+        if len(curves) > 1:
+            axis.fill_between(steps, [m - h for m, h in points], [m + h for m, h in points], alpha=0.15)
+    axis.set_xlabel("GRPO step")
+    axis.set_ylabel(f"training reward ({smooth}-step moving mean)")
+    axis.set_title(f"mean over {seeds} seeds, 95% band")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=100)
+    plt.close(fig)
+
+    fig, axis = plt.subplots(figsize=(9, 4.5))
+    labels = [a.label for a in arms if "final_eval_accuracy" in result["arms"][a.label]]
+    means = [result["arms"][k]["final_eval_accuracy"]["mean"] for k in labels]
+    halves = [result["arms"][k]["final_eval_accuracy"]["ci95"] for k in labels]
+    axis.errorbar(range(len(labels)), means, yerr=[0 if math.isnan(h) else h for h in halves], fmt="o", capsize=4)
+    for i, label in enumerate(labels):
+        values = result["arms"][label]["final_eval_accuracy"]["values"]
+        axis.scatter([i] * len(values), values, s=8, color="gray", alpha=0.6)
+    axis.axhline(result["warm_start_accuracy"], color="black", linestyle="--", linewidth=1, label="warm start")
+    axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    axis.set_ylabel("held-out greedy accuracy")
+    axis.set_title(f"after {result['steps']} steps: mean and 95% interval over {seeds} seeds (dots: seeds)")
+    axis.grid(alpha=0.3, axis="y")
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(out / "final_accuracy.png", dpi=100)
+    plt.close(fig)
