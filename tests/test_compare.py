@@ -90,8 +90,13 @@ def test_compare_command_runs_aggregates_and_resumes(tmp_path):
         assert (out / name).stat().st_size > 0
     assert "| introspective |" in (out / "compare.md").read_text()
 
-    again = run_cli(*args)  # every run finished: nothing trains again
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("# Results\nintro\n<!-- compare:begin -->\nold table\n<!-- compare:end -->\noutro\n")
+    again = run_cli(*args, "--doc", str(doc))  # every run finished: nothing trains again; the doc is filled
     assert again.returncode == 0 and "4 runs (4 already finished)" in again.stderr
+    text = doc.read_text()
+    assert "old table" not in text and "| introspective |" in text and text.endswith("<!-- compare:end -->\noutro\n")
+    assert (tmp_path / "images" / "compare_curves.png").stat().st_size > 0
 
     changed = run_cli(*[a if a != "2" or i != args.index("--steps") + 1 else "3" for i, a in enumerate(args)])
     assert changed.returncode == 2 and "holds a study with steps=2, not 3" in changed.stderr
@@ -100,6 +105,7 @@ def test_compare_command_runs_aggregates_and_resumes(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--controllers", "fixed:1.0,warm"], "unknown controller 'warm'"),
     (["--set", "rollout.group_size=1"], "rollout.group_size must be >= 2"),
+    (["--doc", "/nonexistent/RESULTS.md"], "has no <!-- compare:begin -->"),
 ])
 def test_compare_user_errors_exit_2_before_any_run(tmp_path, args, message):
     out = tmp_path / "study"

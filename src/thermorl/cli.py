@@ -322,6 +322,9 @@ def compare(
     jobs: int = typer.Option(0, min=0, help="Runs at once, one CPU thread each (0 = number of CPU cores)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config shared by every run."),
     overrides: list[str] = typer.Option([], "--set", "-s", help="Override a field of every run (repeatable)."),
+    doc: Optional[Path] = typer.Option(
+        None, help="Also write the table and plots into this markdown file's compare:begin/end block."
+    ),
 ) -> None:
     """Train every controller x seed at one budget; write a table with 95% intervals, compare.json and plots.
 
@@ -337,6 +340,8 @@ def compare(
         arms = study.parse_arms(controllers)
         for arm in arms:  # a bad config fails here, before any run starts
             load_config(config, [*arm.overrides, *overrides, f"train.steps={steps}"])
+        if doc is not None:
+            study.read_doc(doc)
         study.check_study(out, steps, config, list(overrides))
     except ThermoRLError as err:
         fail(str(err))
@@ -360,6 +365,8 @@ def compare(
         failed = study.execute(runs, steps, jobs, config, list(overrides), finished)
     try:
         result = study.aggregate(out, arms, seeds)
+        if doc is not None:
+            study.update_doc(doc, out, "thermorl " + " ".join(sys.argv[1:]))
     except ThermoRLError as err:
         fail(str(err))
     Console().print((out / "compare.md").read_text(), highlight=False, soft_wrap=True)
