@@ -53,20 +53,9 @@ class TimedController(TemperatureController):
         return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=10, help="Interleaved (fixed, introspective) pairs.")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default); one "
-                        "thread keeps timings stable on a shared machine, where idle threads spin.")
-    parser.add_argument("--head", choices=["beta", "bins"], default="beta")
-    parser.add_argument("--set", action="append", default=[], help="Extra config override (model shape, rollout).")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results_head.json"))
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    config = load_config(None, ["model.path=builtin:random", f"model.device={args.device}", *args.set])
+def measure(repeats: int = 10, device: str = "cpu", head: str = "beta", overrides: tuple[str, ...] = ()) -> dict:
+    """Paired seconds per generated token of the fixed and introspective controllers (see the module doc)."""
+    config = load_config(None, ["model.path=builtin:random", f"model.device={device}", *overrides])
     policy = load_policy(config.model)
     policy.model.eval()
     rollout = config.rollout
@@ -77,7 +66,7 @@ def main() -> None:
     controllers = {}
     for name in ("fixed", "introspective"):
         temperature = load_config(None, [f"temperature.controller={name}",
-                                         f"temperature.introspective.head={args.head}"]).temperature
+                                         f"temperature.introspective.head={head}"]).temperature
         controllers[name] = TimedController(build_controller(temperature, env))
 
     cuda = policy.device.type == "cuda"
@@ -99,9 +88,9 @@ def main() -> None:
 
     shares: dict[str, list[float]] = {name: [] for name in controllers}  # CPU share of choose per rollout
     for name in controllers:  # warm-up
-        seconds_per_token(name, seed=args.repeats)
+        seconds_per_token(name, seed=repeats)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in controllers}
-    for repeat in range(args.repeats):
+    for repeat in range(repeats):
         order = ("fixed", "introspective") if repeat % 2 == 0 else ("introspective", "fixed")
         for name in order:
             times[name].append(seconds_per_token(name, seed=repeat))
@@ -114,14 +103,14 @@ def main() -> None:
 
     headline = 1 if cuda else 0  # wall time on CUDA, CPU time on CPU
     overhead = statistics.median(paired_ratios(headline)) - 1.0
-    result = {
+    return {
         "device": str(policy.device),
         "threads": torch.get_num_threads(),
-        "head": args.head,
+        "head": head,
         "rows": prompt_ids.shape[0],
         "max_new_tokens": rollout.max_new_tokens,
         "hidden_size": policy.hidden_size,
-        "repeats": args.repeats,
+        "repeats": repeats,
         "clock": "wall" if cuda else "cpu",
         "fixed_ms_per_token": median_ms("fixed", headline),
         "introspective_ms_per_token": median_ms("introspective", headline),
@@ -133,18 +122,37 @@ def main() -> None:
         "goal": GOAL,
         "meets_goal": overhead <= GOAL,
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(
-        f"rollout {result['rows']} rows x {result['max_new_tokens']} tokens on {result['device']} "
-        f"({result['threads']} threads, {result['clock']} time): fixed {result['fixed_ms_per_token']:.4f} ms/token, "
-        f"introspective ({args.head}) {result['introspective_ms_per_token']:.4f} ms/token"
-    )
-    print(f"head overhead {100 * overhead:+.1f}% (median of {args.repeats} paired ratios; wall clock "
-          f"{100 * result['overhead_wall']:+.1f}%); goal <= {100 * GOAL:.0f}%: "
-          f"{'meets' if result['meets_goal'] else 'MISSES'}")
+
+
+def report(result: dict) -> str:
     share = result["choose_cpu_share"]
-    print(f"cross-check, CPU share of choose() within a rollout: introspective {100 * share['introspective']:.1f}%, "
-          f"fixed {100 * share['fixed']:.1f}%")
+    return "\n".join([
+        (f"rollout {result['rows']} rows x {result['max_new_tokens']} tokens on {result['device']} "
+         f"({result['threads']} threads, {result['clock']} time): fixed {result['fixed_ms_per_token']:.4f} ms/token, "
+         f"introspective ({result['head']}) {result['introspective_ms_per_token']:.4f} ms/token"),
+        (f"head overhead {100 * result['overhead']:+.1f}% (median of {result['repeats']} paired ratios; wall clock "
+         f"{100 * result['overhead_wall']:+.1f}%); goal <= {100 * GOAL:.0f}%: "
+         f"{'meets' if result['meets_goal'] else 'MISSES'}"),
+        (f"cross-check, CPU share of choose() within a rollout: introspective {100 * share['introspective']:.1f}%, "
+         f"fixed {100 * share['fixed']:.1f}%"),
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10, help="Interleaved (fixed, introspective) pairs.")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default); one "
+                        "thread keeps timings stable on a shared machine, where idle threads spin.")
+    parser.add_argument("--head", choices=["beta", "bins"], default="beta")
+    parser.add_argument("--set", action="append", default=[], help="Extra config override (model shape, rollout).")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results_head.json"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = measure(args.repeats, args.device, args.head, tuple(args.set))
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(report(result))
     print(f"wrote {args.out}")
 
 

@@ -1,7 +1,11 @@
 """What TAMPO's outer update costs: peak extra memory and time against a GRPO update.
 
 Memory: re-scoring ``tokens`` completion tokens at K candidates (defaults: K = 10, vocab 32k,
-1k tokens) against one ``log_softmax`` pass over the same logits. On CPU the peak extra
+1k tokens; ``benchmarks/run.py`` uses vocab 152064 and 2048 tokens) against one ``log_softmax``
+pass over the same logits and, with ``--naive-candidates K'``, against the textbook re-scoring
+that materialises the K' tempered log-softmaxes as one (K', N, T, V) tensor (K' < K keeps it in
+memory; the naive peak grows by one (N, T, V) float32 tensor per candidate, which gives its
+figure at K). On CPU the peak extra
 resident memory is read from Linux's VmHWM after resetting it (``/proc/self/clear_refs``),
 in a child process whose malloc hands every block above 64 KiB back to the kernel on free
 (``MALLOC_MMAP_THRESHOLD_``), so no temporary can hide in memory freed earlier. On CUDA it is
@@ -66,9 +70,21 @@ def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int:
     return _resident_bytes("VmHWM") - before
 
 
-def memory_child(tokens: int, vocab: int, num_candidates: int, chunk: int, device: str, naive: bool) -> dict:
-    """Peak extra bytes of one log_softmax pass, of the chunked re-scoring, and optionally of a
-    naive re-scoring that materialises K x (N, T, V) (to show the meter sees such a tensor)."""
+def naive_candidate_loglikelihoods(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                                   candidates: torch.Tensor) -> torch.Tensor:
+    """``candidate_loglikelihoods`` the textbook way: all K tempered log-softmaxes at once, (K, N, T, V)."""
+    tempered = logits.new_empty(len(candidates), *logits.shape)
+    for k, temperature in enumerate(candidates.tolist()):
+        tempered[k] = torch.log_softmax(logits / temperature, dim=-1)
+    index = tokens.expand(len(candidates), *tokens.shape).unsqueeze(-1)
+    chosen = tempered.gather(-1, index).squeeze(-1)  # (K, N, T)
+    return ((chosen * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)).T  # (N, K)
+
+
+def memory_child(tokens: int, vocab: int, num_candidates: int, chunk: int, device: str,
+                 naive_candidates: int = 0) -> dict:
+    """Peak extra bytes of one log_softmax pass, of the chunked re-scoring, and optionally of the
+    naive re-scoring at ``naive_candidates`` candidates."""
     torch.manual_seed(0)
     dev = torch.device(device)
     rows = 4
@@ -88,30 +104,35 @@ def memory_child(tokens: int, vocab: int, num_candidates: int, chunk: int, devic
         result["fused_rescoring_bytes"] = peak_extra_bytes(
             lambda: candidate_loglikelihoods(logits, ids, mask, candidates, chunk, fused=True), dev
         )
-    if naive:
-        result["naive_bytes"] = peak_extra_bytes(
-            lambda: torch.stack([torch.log_softmax(logits / t, dim=-1) for t in candidates.tolist()]), dev
-        )
+    if naive_candidates:
+        naive = torch.linspace(0.6, 1.5, naive_candidates)
+        result["naive_bytes"] = peak_extra_bytes(lambda: naive_candidate_loglikelihoods(logits, ids, mask, naive), dev)
     return result
 
 
 def measure_memory(
     tokens: int = 1024, vocab: int = 32_000, num_candidates: int = 10, chunk: int = 256, device: str = "cpu",
-    naive: bool = False,
+    naive_candidates: int = 0,
 ) -> dict:
     """``memory_child`` in a fresh process on CPU (see the module docstring), in this one on CUDA."""
     if device.startswith("cuda"):
-        result = memory_child(tokens, vocab, num_candidates, chunk, device, naive)
+        result = memory_child(tokens, vocab, num_candidates, chunk, device, naive_candidates)
     else:
         command = [
             sys.executable, __file__, "--memory-child", "--tokens", str(tokens), "--vocab", str(vocab),
-            "--num-candidates", str(num_candidates), "--chunk", str(chunk), *(["--naive"] if naive else []),
+            "--num-candidates", str(num_candidates), "--chunk", str(chunk),
+            "--naive-candidates", str(naive_candidates),
         ]
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": "1"}
         completed = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
         result = json.loads(completed.stdout.strip().splitlines()[-1])
     result["ratio_to_one_pass"] = result["rescoring_bytes"] / result["one_pass_bytes"]
-    result.update(tokens=tokens, vocab=vocab, num_candidates=num_candidates, chunk_tokens=chunk, device=device)
+    if naive_candidates:
+        extra = max(num_candidates - naive_candidates, 0) * result["logits_bytes"]  # one (N, T, V) per candidate
+        result["naive_bytes_at_num_candidates"] = result["naive_bytes"] + extra
+        result["naive_to_rescoring"] = result["naive_bytes_at_num_candidates"] / result["rescoring_bytes"]
+    result.update(tokens=tokens, vocab=vocab, num_candidates=num_candidates, chunk_tokens=chunk, device=device,
+                  naive_candidates=naive_candidates)
     return result
 
 
@@ -201,15 +222,18 @@ def main() -> None:
     parser.add_argument("--num-candidates", type=int, default=len(CANDIDATES))
     parser.add_argument("--chunk", type=int, default=256, help="candidate_loglikelihoods chunk_tokens")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--naive", action="store_true", help="also measure a K x (N, T, V) re-scoring")
+    parser.add_argument("--naive-candidates", type=int, default=0,
+                        help="also measure the naive (K', N, T, V) re-scoring at this many candidates")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results_tampo.json"))
     args = parser.parse_args()
     if args.memory_child:
-        print(json.dumps(memory_child(args.tokens, args.vocab, args.num_candidates, args.chunk, "cpu", args.naive)))
+        print(json.dumps(memory_child(args.tokens, args.vocab, args.num_candidates, args.chunk, "cpu",
+                                      args.naive_candidates)))
         return
 
-    memory = measure_memory(args.tokens, args.vocab, args.num_candidates, args.chunk, args.device, args.naive)
+    memory = measure_memory(args.tokens, args.vocab, args.num_candidates, args.chunk, args.device,
+                            args.naive_candidates)
     timing = measure_time(args.preset, args.device, args.dtype, args.chunk, args.repeats)
     mib = 2**20
     print(f"memory  K={memory['num_candidates']} V={memory['vocab']} tokens={memory['tokens']} ({memory['device']})")
@@ -219,7 +243,8 @@ def main() -> None:
     if "fused_rescoring_bytes" in memory:
         print(f"  fused re-scoring      {memory['fused_rescoring_bytes'] / mib:9.1f} MiB")
     if "naive_bytes" in memory:
-        print(f"  naive K x (N,T,V)     {memory['naive_bytes'] / mib:9.1f} MiB")
+        print(f"  naive K'={memory['naive_candidates']} (K',N,T,V)  {memory['naive_bytes'] / mib:9.1f} MiB measured, "
+              f"{memory['naive_bytes_at_num_candidates'] / mib:.1f} MiB at K={memory['num_candidates']}")
     print(f"time    preset={timing['preset']} ({timing['device']}, {timing['dtype']}) rows={timing['rows']} "
           f"tokens={timing['completion_tokens']} V={timing['vocab']}")
     print(f"  GRPO update (fwd+bwd+step) {timing['grpo_update_s'] * 1e3:9.2f} ms")
