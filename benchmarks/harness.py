@@ -48,7 +48,7 @@ PRESETS = {
     "tiny": Preset("the shipped warm-started tiny Llama (0.87M parameters), float32", 16, 8, 24),
     "qwen2-1.5b": Preset(
         "random-init Qwen2-1.5B config (hidden 1536, 28 layers, 12 heads, 2 kv heads, ffn 8960, vocab 151936), bf16",
-        8, 8, 256,
+        4, 8, 256,  # 32 rows: float32 logits of a training pass are 32 x 268 x 151936 x 4 B = 5.2 GB
         model={"hidden": 1536, "layers": 28, "heads": 12, "kv_heads": 2, "ffn": 8960, "vocab": 151936},
         dtype="bfloat16", mean_length=128,
     ),
