@@ -113,7 +113,7 @@ def grpo_update(
     updates = 0
     logits_for_controller = []
     for epoch in range(algo.num_iterations):
-        order = torch.randperm(len(batch), generator=generator, device="cpu").to(batch.completion_ids.device)
+        order = torch.randperm(len(batch), generator=generator, device=generator.device)  # the model's device
         for index in order.chunk(algo.num_minibatches):
             mb = batch.select(index)
             mask = mb.completion_mask
