@@ -30,9 +30,6 @@ from thermorl.checkpoint import list_checkpoints
 from thermorl.errors import ThermoRLError
 from thermorl.tracking import read_metrics
 
-DEFAULT_CONTROLLERS = "fixed:0.6,fixed:1.0,fixed:1.4,linear,ead,entropy,tampo,introspective"
-DEFAULT_SEEDS = 5
-DEFAULT_STEPS = 100
 CONTROLLERS = ("fixed", "linear", "ead", "entropy", "tampo", "introspective")
 METRICS = (
     ("final_eval_accuracy", "greedy acc"),
