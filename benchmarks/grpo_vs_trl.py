@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from harness import PRESETS, Setup, Timing, build_setup, headline_clock, median, timed, verdict
+from harness import Setup, Timing, build_setup, headline_clock, median, script_arguments, timed, verdict, write_result
 
 GOAL = 2.0
 
@@ -172,21 +171,14 @@ def report(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--steps", type=int, default=20, help="timed (thermorl, TRL) step pairs")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed pairs first")
-    parser.add_argument("--controller", default="fixed", help="thermorl's temperature controller")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results_trl.json"))
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--steps", type=int, default=20, help="timed (thermorl, TRL) step pairs")
+        parser.add_argument("--warmup", type=int, default=2, help="untimed pairs first")
+        parser.add_argument("--controller", default="fixed", help="thermorl's temperature controller")
+
+    args = script_arguments(__doc__, Path(__file__).with_name("results_trl.json"), options)
     result = measure(build_setup(args.preset, args.device), args.steps, args.warmup, args.controller)
-    print(report(result))
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(result, report(result), args.out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ is synchronised wall time. Both clocks are always recorded.
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import json
 import math
 import os
 import platform
@@ -235,3 +237,24 @@ def _git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return ""
+
+
+def script_arguments(doc: str, default_out: Path, extra: Callable[[argparse.ArgumentParser], None]) -> argparse.Namespace:
+    """The command line every benchmark script shares (device, preset, threads, out) plus its own options;
+    applies --threads."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    extra(parser)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--out", type=Path, default=default_out)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def write_result(result: dict, text: str, out: Path) -> None:
+    print(text)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")

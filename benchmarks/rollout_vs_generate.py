@@ -17,11 +17,21 @@ temperature per token from the introspective head and records its log-probs and 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
-from harness import PRESETS, Setup, Timing, build_setup, headline_clock, interleaved, median, timed, verdict
+from harness import (
+    Setup,
+    Timing,
+    build_setup,
+    headline_clock,
+    interleaved,
+    median,
+    script_arguments,
+    timed,
+    verdict,
+    write_result,
+)
 
 GOAL = 1.3
 
@@ -103,19 +113,12 @@ def report(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--repeats", type=int, default=20, help="interleaved (thermorl, generate) pairs")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results_rollout.json"))
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--repeats", type=int, default=20, help="interleaved (thermorl, generate) pairs")
+
+    args = script_arguments(__doc__, Path(__file__).with_name("results_rollout.json"), options)
     result = measure(build_setup(args.preset, args.device), args.repeats)
-    print(report(result))
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(result, report(result), args.out)
 
 
 if __name__ == "__main__":

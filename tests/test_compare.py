@@ -4,8 +4,8 @@ import json
 import math
 
 import pytest
-
 from conftest import run_cli
+
 from thermorl import compare as study
 from thermorl.errors import ThermoRLError
 
