@@ -88,7 +88,10 @@ def test_compare_command_runs_aggregates_and_resumes(tmp_path):
     assert result["eval_problems"] == 40 and result["missing_runs"] == []
     for name in ("compare.md", "curves.png", "final_accuracy.png"):
         assert (out / name).stat().st_size > 0
-    assert "| introspective |" in (out / "compare.md").read_text()
+    table = (out / "compare.md").read_text()
+    assert "| controller | greedy acc | avg@8 | pass@8 | greedy acc - best fixed (paired) | runs |" in table
+    assert "| introspective |" in table and result["k"] == 8
+    assert "vs_best_fixed" in result["arms"]["introspective"] and "vs_best_fixed" not in result["arms"]["fixed:1.0"]
 
     doc = tmp_path / "RESULTS.md"
     doc.write_text("# Results\nintro\n<!-- compare:begin -->\nold table\n<!-- compare:end -->\noutro\n")

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from scipy import stats
 
 from thermorl.checkpoint import list_checkpoints
@@ -31,10 +32,10 @@ from thermorl.errors import ThermoRLError
 from thermorl.tracking import read_metrics
 
 CONTROLLERS = ("fixed", "linear", "ead", "entropy", "tampo", "introspective")
-METRICS = (
+METRICS = (  # summary.json key, column title ({k}: train.eval_avg_k of the runs)
     ("final_eval_accuracy", "greedy acc"),
-    ("final_eval_avg_at_k", "avg@k"),
-    ("final_eval_pass_at_k", "pass@k"),
+    ("final_eval_avg_at_k", "avg@{k}"),
+    ("final_eval_pass_at_k", "pass@{k}"),
 )
 
 
@@ -246,17 +247,24 @@ def aggregate(out: Path, arms: list[Arm], seeds: int) -> dict:
 
     fixed = [a for a in complete if a.label.startswith("fixed:")]
     comparison = None
-    if fixed and any(a.label == "introspective" for a in complete):
+    if fixed:  # every complete arm against the best fixed temperature, paired by seed
         best = max(fixed, key=lambda a: table[a.label]["final_eval_accuracy"]["mean"])
-        intro = table["introspective"]["final_eval_accuracy"]["values"]
         base = table[best.label]["final_eval_accuracy"]["values"]
-        comparison = {"best_fixed": best.label, **paired_test(intro, base)}
-        comparison["min_detectable_difference"] = min_detectable_difference(
-            _sd([x - y for x, y in zip(intro, base)]), seeds
-        )
+        for arm in complete:
+            if arm != best:
+                table[arm.label]["vs_best_fixed"] = paired_test(table[arm.label]["final_eval_accuracy"]["values"], base)
+        if "introspective" in {a.label for a in complete}:
+            intro = table["introspective"]["final_eval_accuracy"]["values"]
+            comparison = {"best_fixed": best.label, **table["introspective"]["vs_best_fixed"]}
+            comparison["min_detectable_difference"] = min_detectable_difference(
+                _sd([x - y for x, y in zip(intro, base)]), seeds
+            )
     problems = first["eval_problems"]
+    first_run = next(r for r in runs if r.done)
+    k = yaml.safe_load((first_run.out / "config.yaml").read_text())["train"]["eval_avg_k"]
     result = {
         "seeds": seeds,
+        "k": k,
         "steps": first["steps"],
         "eval_problems": problems,
         "warm_start_accuracy": first["initial_eval_accuracy"],
@@ -286,15 +294,20 @@ def _resolution(table: dict, complete: list[Arm], seeds: int) -> float:
 
 def markdown_table(result: dict) -> str:
     lines = [
-        f"Held-out greedy accuracy, avg@k and pass@k after {result['steps']} GRPO steps: mean over "
+        f"Held-out greedy accuracy, avg@{result['k']} and pass@{result['k']} (at each controller's own "
+        f"temperatures) after {result['steps']} GRPO steps: mean over "
         f"{result['seeds']} seeds, +- the 95% t-interval half-width; {result['eval_problems']} held-out problems "
         f"(greedy), warm start {result['warm_start_accuracy']:.3f}.",
         "",
-        "| controller | " + " | ".join(label for _, label in METRICS) + " | runs |",
-        "|---|" + "---|" * (len(METRICS) + 1),
+        "| controller | " + " | ".join(label.format(k=result["k"]) for _, label in METRICS)
+        + " | greedy acc - best fixed (paired) | runs |",
+        "|---|" + "---|" * (len(METRICS) + 2),
     ]
     for label, row in result["arms"].items():
         cells = [f"{row[k]['mean']:.3f} +- {row[k]['ci95']:.3f}" if k in row else "-" for k, _ in METRICS]
+        paired = row.get("vs_best_fixed")
+        cells.append(f"{paired['mean_difference']:+.3f} +- {paired['ci95']:.3f} (p {paired['p_value']:.2g})"
+                     if paired else "-")
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(row['seeds'])} |")
     lines += ["", f"Resolution: a paired difference of {result['resolution']:.3f} in greedy accuracy is detected "
               f"with 80% power at alpha 0.05 (s_d pooled over all controller pairs); one accuracy on "
@@ -305,7 +318,7 @@ def markdown_table(result: dict) -> str:
             "is not distinguishable from"
         lines.append(
             f"Introspective {verdict} the best fixed temperature ({c['best_fixed']}): paired difference "
-            f"{c['mean_difference']:+.3f} +- {c['ci95']:.3f}, t = {c['t']:.2f}, p = {c['p_value']:.3f} "
+            f"{c['mean_difference']:+.3f} +- {c['ci95']:.3f}, t = {c['t']:.2f}, p = {c['p_value']:.3g} "
             f"(n = {c['n']} seeds; the best fixed arm is picked after the fact, which favours it)."
         )
     if result["missing_runs"]:
