@@ -83,6 +83,12 @@ def parse_arms(spec: str) -> list[Arm]:
     return arms
 
 
+# one thread per run (runs go in parallel); no progress bar, TensorBoard or per-run plots; one
+# evaluation at the start and one at the end (the curves use the per-step training reward)
+STUDY_OVERRIDES = ("train.threads=1", "log.progress=false", "log.tensorboard=false", "log.plot=false",
+                   "train.eval_every=1000000")
+
+
 @dataclass
 class Run:
     arm: Arm
@@ -104,12 +110,6 @@ class Run:
         for item in (*self.arm.overrides, *overrides, *STUDY_OVERRIDES):
             cmd += ["--set", item]
         return cmd
-
-
-# one thread per run (runs go in parallel); no progress bar, TensorBoard or per-run plots; one
-# evaluation at the start and one at the end (the curves use the per-step training reward)
-STUDY_OVERRIDES = ("train.threads=1", "log.progress=false", "log.tensorboard=false", "log.plot=false",
-                   "train.eval_every=1000000")
 
 
 def plan_runs(out: Path, arms: list[Arm], seeds: int) -> list[Run]:
