@@ -109,8 +109,8 @@ def sample(
 ) -> RolloutBatch:
     """Generate one completion per prompt row; ``greedy`` takes the argmax (temperature ignored).
 
-    Rows with the same prompt (a GRPO group) share one prompt pass (``prompt_pass``). The (N, T) fields end at the longest completion
-    (T <= ``max_new_tokens``), so no column is padding in every row.
+    Rows with the same prompt (a GRPO group) share one prompt pass (``prompt_pass``). The (N, T)
+    fields end at the longest completion (T <= ``max_new_tokens``): no column is padding in every row.
     Raises ``NonFiniteError`` on NaN/inf logits or temperatures (the trainer skips such a step).
     """
     num_rows, device = prompt_ids.shape[0], prompt_ids.device
