@@ -26,7 +26,17 @@ import time
 from pathlib import Path
 
 import torch
-from harness import Setup, Timing, build_setup, headline_clock, median, script_arguments, timed, verdict, write_result
+from harness import (
+    Setup,
+    Timing,
+    build_setup,
+    headline_clock,
+    median,
+    ratio_fields,
+    script_arguments,
+    timed,
+    write_result,
+)
 
 GOAL = 2.0
 
@@ -144,7 +154,6 @@ def measure(setup: Setup, steps: int = 10, warmup: int = 2, controller: str = "f
     def paired(clock: str) -> list[float]:
         return [theirs.seconds(clock) / mine.seconds(clock) for theirs, mine in zip(trl, ours)]
 
-    ratio = median(paired(clock))
     return {
         "preset": setup.name, "device": str(device), "rows": setup.rows, "group_size": preset.group_size,
         "max_new_tokens": preset.max_new_tokens, "steps": steps, "warmup": warmup, "controller": controller,
@@ -153,10 +162,7 @@ def measure(setup: Setup, steps: int = 10, warmup: int = 2, controller: str = "f
         "trl_step_s": median([t.seconds(clock) for t in trl]),
         "thermorl_completion_length": median(lengths[warmup:]),
         "trl_completion_length": median(pairs.trl_lengths[warmup:]),
-        "ratio": ratio,
-        "ratio_wall": median(paired("wall")),
-        "paired_ratios": [round(r, 4) for r in paired(clock)],
-        "goal": GOAL, "verdict": verdict(ratio, GOAL, higher_is_better=True),
+        **ratio_fields(paired, clock, GOAL),
     }
 
 

@@ -258,3 +258,15 @@ def write_result(result: dict, text: str, out: Path) -> None:
     print(text)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def ratio_fields(paired: Callable[[str], list[float]], clock: str, goal: float) -> dict[str, Any]:
+    """The headline of a speed comparison: the median paired ratio on ``clock`` (our speed-up, higher
+    is better), the same on wall time, every pair's ratio, the goal and the verdict."""
+    ratio = median(paired(clock))
+    return {
+        "ratio": ratio,
+        "ratio_wall": median(paired("wall")),
+        "paired_ratios": [round(r, 4) for r in paired(clock)],
+        "goal": goal, "verdict": verdict(ratio, goal, higher_is_better=True),
+    }

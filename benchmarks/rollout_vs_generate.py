@@ -27,9 +27,9 @@ from harness import (
     headline_clock,
     interleaved,
     median,
+    ratio_fields,
     script_arguments,
     timed,
-    verdict,
     write_result,
 )
 
@@ -87,7 +87,6 @@ def measure(setup: Setup, repeats: int = 10, warmup: int = 1) -> dict:
     def paired(clock: str) -> list[float]:
         return [ours / theirs for ours, theirs in zip(rates("thermorl", clock), rates("generate", clock))]
 
-    ratio = median(paired(clock))
     return {
         "preset": setup.name, "device": str(policy.device), "rows": len(prompt_ids),
         "distinct_prompts": preset.prompts_per_step, "max_new_tokens": preset.max_new_tokens,
@@ -96,10 +95,7 @@ def measure(setup: Setup, repeats: int = 10, warmup: int = 1) -> dict:
         "generate_tokens_per_s": median(rates("generate", clock)),
         "thermorl_new_tokens": median([run.result for run in runs["thermorl"]]),
         "generate_new_tokens": median([run.result for run in runs["generate"]]),
-        "ratio": ratio,
-        "ratio_wall": median(paired("wall")),
-        "paired_ratios": [round(r, 4) for r in paired(clock)],
-        "goal": GOAL, "verdict": verdict(ratio, GOAL, higher_is_better=True),
+        **ratio_fields(paired, clock, GOAL),
     }
 
 
