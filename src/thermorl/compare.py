@@ -179,8 +179,7 @@ def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
     mean = sum(values) / n
     if n < 2:
         return mean, float("nan")
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, stats.t.ppf((1 + level) / 2, n - 1) * sd / math.sqrt(n)
+    return mean, stats.t.ppf((1 + level) / 2, n - 1) * _sd(values) / math.sqrt(n)
 
 
 def paired_test(a: list[float], b: list[float]) -> dict[str, float]:
