@@ -48,28 +48,6 @@ def countdown_reward(prompts: list, completions: list[str], numbers: list, targe
     return [float(check_countdown(n, t, c)) for c, n, t in zip(completions, numbers, target)]
 
 
-def thermorl_components(setup: Setup, config):
-    """What ``trainer.build_components`` builds, around a copy of the set-up's model (which may be a
-    random-init model built from a config, with no directory to load it from)."""
-    from thermorl.models.policy import Policy
-    from thermorl.reward_guard import RewardGuard
-    from thermorl.temperature import ControllerEnv, build_controller
-    from thermorl.trainer import Components
-
-    policy = Policy(copy.deepcopy(setup.policy.model), setup.policy.tokenizer)
-    env = ControllerEnv(policy.hidden_size, config.train.steps, policy.device, config.rollout.group_size,
-                        config.train.seed)
-    controller = build_controller(config.temperature, env)
-    lm_optimizer = torch.optim.AdamW(policy.model.parameters(), lr=config.algorithm.lr,
-                                     weight_decay=config.algorithm.weight_decay)
-    head_optimizer = None
-    if controller.module is not None:
-        head_lr = getattr(getattr(config.temperature, config.temperature.controller), "lr", config.algorithm.lr)
-        head_optimizer = torch.optim.AdamW(controller.module.parameters(), lr=head_lr)
-    reward = RewardGuard(setup.task.reward, "countdown", config.task.reward_timeout_s, config.task.reward_fail_fast)
-    return Components(policy, None, setup.task, controller, lm_optimizer, head_optimizer, reward)
-
-
 def measure(setup: Setup, steps: int = 10, warmup: int = 2, controller: str = "fixed") -> dict:
     """Paired per-step seconds of thermorl and TRL; the first ``warmup`` pairs are discarded."""
     from datasets import Dataset
@@ -77,8 +55,9 @@ def measure(setup: Setup, steps: int = 10, warmup: int = 2, controller: str = "f
     from trl import GRPOConfig, GRPOTrainer
 
     from thermorl.config import load_config
+    from thermorl.models.policy import Policy
     from thermorl.resume import LoopState
-    from thermorl.trainer import _train_step
+    from thermorl.trainer import _train_step, build_components
 
     preset, device = setup.preset, setup.device
     total = warmup + steps
@@ -86,10 +65,11 @@ def measure(setup: Setup, steps: int = 10, warmup: int = 2, controller: str = "f
     config = load_config(None, [
         f"rollout.prompts_per_step={preset.prompts_per_step}", f"rollout.group_size={preset.group_size}",
         f"rollout.max_new_tokens={preset.max_new_tokens}", f"temperature.controller={controller}",
-        f"train.steps={total}",
+        f"train.steps={total}", "train.threads=0",  # the script's --threads stands
     ])
     algo = config.algorithm
-    components = thermorl_components(setup, config)
+    # a copy of the set-up's model: it may be a random-init model built from a config, with no directory
+    components = build_components(config, policy=Policy(copy.deepcopy(setup.policy.model), setup.policy.tokenizer))
     state = LoopState.fresh(config.train.seed, device)
     lengths: list[float] = []
 

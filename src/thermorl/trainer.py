@@ -61,14 +61,19 @@ class Components:
     dist: Distributed = field(default_factory=Distributed)  # this process's share of a data-parallel job
 
 
-def build_components(config: Config) -> Components:
-    """Load model, task and controller; raises ThermoRLError on bad input, before any file is written."""
+def build_components(config: Config, policy: Policy | None = None) -> Components:
+    """Load model, task and controller; raises ThermoRLError on bad input, before any file is written.
+
+    ``policy``, if given, is trained instead of loading ``config.model`` (e.g. a model built from a
+    config in memory, as the benchmarks do).
+    """
     torch.manual_seed(config.train.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     dist = setup_distributed(config.rollout.prompts_per_step)
-    policy = load_policy(replace(config.model, device=str(dist.device)) if dist.enabled else config.model,
-                         seed=config.train.seed)
+    if policy is None:
+        policy = load_policy(replace(config.model, device=str(dist.device)) if dist.enabled else config.model,
+                             seed=config.train.seed)
     task = build_task(config.task)
     env = ControllerEnv(
         policy.hidden_size, config.train.steps, policy.device, config.rollout.group_size, config.train.seed
