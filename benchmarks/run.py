@@ -30,7 +30,7 @@ import head_overhead
 import rollout_vs_generate
 import tampo_rescoring
 import torch
-from harness import PRESETS, build_setup, machine_info, verdict
+from harness import build_setup, machine_info, script_arguments, verdict
 
 
 @dataclass(frozen=True)
@@ -168,16 +168,11 @@ def _finite(document: Any) -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats (< 5 minutes on a 2-core CPU)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default); one "
-                        "thread keeps timings stable on a shared machine, where idle threads spin")
-    parser.add_argument("--out", type=Path, help="default: benchmarks/results.json (tiny), results_PRESET.json")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--quick", action="store_true", help="fewer repeats (< 5 minutes on a 2-core CPU)")
+
+    # --out default (None): benchmarks/results.json for the tiny preset, results_PRESET.json otherwise
+    args = script_arguments(__doc__, None, options)
     mode = "quick" if args.quick else "full"
     sizes = (SIZES if args.preset == "tiny" else GPU_SIZES)[mode]
     results = run(args.preset, args.device, sizes)
