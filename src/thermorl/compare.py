@@ -100,6 +100,8 @@ class Run:
         return (self.out / "summary.json").is_file()
 
     def command(self, steps: int, config: Path | None, overrides: list[str]) -> list[str]:
+        """The `thermorl train` command line that finishes this run: ``--resume`` from its newest
+        checkpoint, or a fresh start (removing what a run killed before its first checkpoint left)."""
         cmd = [sys.executable, "-m", "thermorl.cli", "train"]
         if list_checkpoints(self.out):
             return cmd + ["--resume", str(self.out)]  # its own config.yaml holds the steps and the arm
