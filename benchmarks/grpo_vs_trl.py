@@ -4,7 +4,7 @@ Goal (issue 7): thermorl >= 2x faster per step. One step = sample prompts_per_st
 completions, reward them (the countdown verifier), group-normalised advantages, one clipped-ratio
 update (AdamW, gradient clipping at 1.0). Both sides start from copies of the same model and get
 the same prompts in the same order (TRL's dataset unshuffled), with temperature 1.0, beta 0 (no
-reference model), one iteration, the same lr, clip range (0.2, 0.28) and token-mean loss (TRL's
+reference model), one iteration, the same constant lr, clip range (0.2, 0.28) and token-mean loss (TRL's
 ``dapo``); TRL without gradient checkpointing or mixed precision (its defaults turn both on), no
 logging, saving or evaluation. thermorl runs ``trainer._train_step`` (what ``thermorl train``
 runs per step, with the fixed controller); TRL's step is timed from ``on_step_begin`` to
@@ -66,6 +66,7 @@ def measure(setup: Setup, steps: int = 10, warmup: int = 2, controller: str = "f
         f"rollout.prompts_per_step={preset.prompts_per_step}", f"rollout.group_size={preset.group_size}",
         f"rollout.max_new_tokens={preset.max_new_tokens}", f"temperature.controller={controller}",
         f"train.steps={total}", "train.threads=0",  # the script's --threads stands
+        "algorithm.lr_schedule=constant", "algorithm.warmup_steps=0",  # TRL's constant lr below
     ])
     algo = config.algorithm
     # a copy of the set-up's model: it may be a random-init model built from a config, with no directory

@@ -49,7 +49,7 @@ def test_short_train_writes_run_directory_and_eval_reads_it(tmp_path):
         "train", "--out", str(out), "--steps", "3", "--seed", "1",
         "--set", "model.path=builtin:random", "--set", "task.eval_size=40",
         "--set", "train.eval_avg_problems=8", "--set", "train.eval_avg_k=2", "--set", "train.eval_every=2",
-        "--set", "log.progress=false",
+        "--set", "log.progress=false", "--set", "algorithm.lr_schedule=cosine", "--set", "algorithm.warmup_steps=2",
     )
     assert result.returncode == 0, result.stderr
     for name in ["config.yaml", "metrics.jsonl", "summary.json", "curves.png", "samples.jsonl"]:
@@ -59,6 +59,8 @@ def test_short_train_writes_run_directory_and_eval_reads_it(tmp_path):
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     for key in ["reward_mean", "loss", "temperature_mean", "entropy_mean", "step_time_s"]:
         assert key in rows[1]
+    # the schedule reaches the optimizer: half way up the 2-step warm-up, then cosine over the 3 steps
+    assert [r["lr"] for r in rows[1:]] == pytest.approx([3e-5 * 0.5, 3e-5 * 0.75, 3e-5 * 0.25])
     assert "eval_accuracy" in rows[2] and "eval_avg_at_k" in rows[2] and "eval_accuracy" not in rows[1]
     summary = json.loads((out / "summary.json").read_text())
     for key in ["initial_eval_accuracy", "final_eval_accuracy", "steps", "wall_time_s"]:

@@ -34,6 +34,8 @@ def test_yaml_and_overrides_are_typed(tmp_path):
         ("temperature.controller=magic", "temperature.controller"),
         ("log.tensorboard=3", "log.tensorboard"),
         ("algorithm.lr=.nan", "algorithm.lr"),
+        ("algorithm.lr_schedule=linear", "algorithm.lr_schedule"),
+        ("algorithm.warmup_steps=-1", "algorithm.warmup_steps"),
         ("task.num_operands=1", "task.num_operands"),
         ("temperature.tampo.candidates=[0.5]", "temperature.tampo.candidates"),
     ],

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from thermorl.algorithms import aggregate, approx_kl, clipped_policy_loss, group_advantages, kl_penalty, tempered_logprobs
+from thermorl.algorithms import (
+    aggregate, approx_kl, clipped_policy_loss, group_advantages, kl_penalty, lr_factor, tempered_logprobs,
+)
 
 
 def test_group_advantages_std_normalised_by_hand():
@@ -72,3 +74,18 @@ def test_tempered_logprobs_by_hand():
     p = math.e / (math.e + 1)
     assert logp.item() == pytest.approx(math.log(p))
     assert entropy.item() == pytest.approx(-(p * math.log(p) + (1 - p) * math.log(1 - p)))
+
+
+def test_lr_factor_by_hand():
+    # constant: linear warm-up over 4 steps, then 1
+    assert [lr_factor(s, 10, 4, "constant") for s in (1, 2, 4, 9)] == pytest.approx([0.25, 0.5, 1.0, 1.0])
+    # cosine without warm-up: 1 at the first step, 1/2 half way, (1 + cos(pi * 3 / 4)) / 2 at the last of 4
+    assert [lr_factor(s, 4, 0, "cosine") for s in (1, 3, 4)] == pytest.approx(
+        [1.0, 0.5, (1 + math.cos(math.pi * 0.75)) / 2]
+    )
+    # the two multiply: step 2 of a 2-step warm-up on a 4-step cosine
+    assert lr_factor(2, 4, 2, "cosine") == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
+    # past the end (a resumed run given fewer steps) stays at the floor instead of rising again
+    assert lr_factor(9, 4, 0, "cosine") == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="linear"):
+        lr_factor(1, 4, 0, "linear")

@@ -300,7 +300,14 @@ class AlgorithmConfig:
     )
     num_iterations: int = doc("Inner epochs over each sampled batch (mu in GRPO).", 1)
     num_minibatches: int = doc("Optimizer steps per inner epoch.", 1)
-    lr: float = doc("AdamW learning rate of the language model.", 3e-5)
+    lr: float = doc("Peak AdamW learning rate of the language model (see lr_schedule).", 3e-5)
+    lr_schedule: Literal["constant", "cosine"] = doc(
+        "Language-model learning rate after the warm-up: 'constant' keeps it; 'cosine' decays it to 0 at "
+        "train.steps (so resuming with a larger --steps raises it again). A function of the step alone, so "
+        "resumed runs follow it exactly. The temperature head's lr is not scheduled.",
+        "constant",
+    )
+    warmup_steps: int = doc("GRPO steps of linear learning-rate warm-up from 0 (0 = none).", 0)
     weight_decay: float = doc("AdamW weight decay.", 0.0)
     max_grad_norm: float = doc("Gradient clipping norm (0 = off).", 1.0)
     recompute_old_logprobs: bool = doc(
@@ -314,6 +321,8 @@ class AlgorithmConfig:
         _positive(self, "num_iterations", "num_minibatches", "lr", section="algorithm")
         if self.beta < 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
             raise ConfigError("algorithm.beta, weight_decay and max_grad_norm must be >= 0")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"algorithm.warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
 @dataclass

@@ -32,6 +32,7 @@ import torch
 
 from thermorl import checkpoint as ckpt
 from thermorl.algorithms.grpo import aggregate, approx_kl, clipped_policy_loss, group_advantages, kl_penalty
+from thermorl.algorithms.schedule import lr_factor
 from thermorl.config import Config, dump_config
 from thermorl.distributed import Distributed, gather_batch, setup_distributed
 from thermorl.errors import ModelLoadError, NonFiniteError, ThermoRLError, TrainingDivergedError
@@ -394,6 +395,11 @@ def _train_step(
     rewards = torch.tensor(c.reward.score(problems, texts), device=c.policy.device)
     advantages = group_advantages(rewards, rollout.group_size, scale=config.algorithm.advantage == "grpo")
     metrics = {"step": step, **batch_statistics(*gather_batch(c.dist, batch, rewards), rollout.group_size)}
+    algo = config.algorithm
+    lr = algo.lr * lr_factor(step, config.train.steps, algo.warmup_steps, algo.lr_schedule)
+    for group in c.lm_optimizer.param_groups:
+        group["lr"] = lr
+    metrics["lr"] = lr
     metrics.update(grpo_update(c, config, batch, advantages, step, state.generator))
     metrics.update(c.controller.metrics())
     return metrics, batch, texts, rewards
