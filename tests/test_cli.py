@@ -72,3 +72,18 @@ def test_short_train_writes_run_directory_and_eval_reads_it(tmp_path):
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)
     assert scores["problems"] == 10 and 0.0 <= scores["greedy_accuracy"] <= 1.0
+
+
+def test_pretrain_writes_a_loadable_model_and_uses_train_threads(tmp_path):
+    out = tmp_path / "tiny"
+    tiny = ["--set", "model.hidden_size=32", "--set", "model.num_layers=1", "--set", "model.num_heads=2",
+            "--set", "task.eval_size=20"]
+    result = run_cli("pretrain", "--out", str(out), "--steps", "2", "--batch-size", "8", *tiny)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "pretrain.json").read_text())
+    # one thread by default, like `thermorl train`: two threads spin-wait when the cores are shared
+    assert record["steps"] == 2 and record["threads"] == 1
+    assert 0.0 <= record["eval_accuracy"] <= 1.0 and (out / "model.safetensors").is_file()
+    result = run_cli("eval", "--checkpoint", str(out), "--k", "2", "--problems", "5", "--set", "task.eval_size=20")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["problems"] == 5

@@ -130,7 +130,9 @@ def pretrain(
         0.0, help="Share of rows that are target-blind attempts (right arithmetic, random choices) instead of solutions."
     ),
 ) -> None:
-    """Warm-start the built-in tiny model on demonstrations of the synthetic task (the shipped `builtin` model)."""
+    """Warm-start the built-in tiny model on demonstrations of the synthetic task (the shipped `builtin` model).
+
+    Uses the config's task and model sections, and train.threads."""
     from thermorl.config import load_config
     from thermorl.pretrain import pretrain as run_pretrain
 
@@ -140,6 +142,7 @@ def pretrain(
             fail(f"output directory {out} exists and is not empty")
         summary = run_pretrain(
             cfg.task, cfg.model, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, attempt_fraction=attempt_fraction,
+            threads=cfg.train.threads,
             on_eval=lambda s, loss, acc: console.print(f"step {s:>5}  loss {loss:.4f}  held-out greedy acc {acc:.3f}"),
         )
     except ThermoRLError as err:

@@ -56,13 +56,18 @@ def pretrain(
     max_new_tokens: int = 24,
     attempt_fraction: float = 0.0,
     on_eval: Callable[[int, float, float], None] | None = None,
+    threads: int = 1,
 ) -> dict:
     """Train on demonstrations for ``steps`` steps; save to ``out_dir``; return a summary.
 
     With ``attempt_fraction`` f, each row is a target-blind attempt (right arithmetic, random
     choices) with probability f instead of a solution: the warm start then computes well but
     chooses poorly, leaving the choices for RL to learn by exploring.
+
+    ``threads``: torch CPU threads, as ``train.threads`` (0 = torch's default).
     """
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     task = build_task(task_config)
@@ -97,7 +102,7 @@ def pretrain(
     policy.tokenizer.save_pretrained(out_dir)
     summary = {
         "task": task_config.__dict__, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-        "attempt_fraction": attempt_fraction,
+        "attempt_fraction": attempt_fraction, "threads": torch.get_num_threads(),
         "eval_accuracy": history[-1]["eval_accuracy"], "history": history, "wall_time_s": time.time() - start,
     }
     (out_dir / "pretrain.json").write_text(json.dumps(summary, indent=2))
