@@ -16,8 +16,8 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     constant: f(s) = w(s)
     cosine:   f(s) = w(s) * (1 + cos(pi * (s - 1) / total_steps)) / 2
 
-    The warm-up keeps Adam's first, sign-like updates small; the cosine decay lets the last
-    steps settle instead of ending on a noisy update (greedy accuracy is read at the end).
+    The warm-up keeps Adam's first, sign-like updates small; the cosine decay ends the run on
+    small updates (on the default CPU job it measured the same final accuracy as constant).
     """
     warm = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
     if schedule == "constant":
