@@ -231,9 +231,10 @@ def aggregate(out: Path, arms: list[Arm], seeds: int) -> dict:
         if r.done:
             summaries[r.arm.label][r.seed] = json.loads((r.out / "summary.json").read_text())
     complete = [a for a in arms if len(summaries[a.label]) == seeds]
-    first = next((s for runs_ in summaries.values() for s in runs_.values()), None)
-    if first is None:
+    first_run = next((r for r in runs if r.done), None)  # budget and evaluation set are every run's
+    if first_run is None:
         raise ThermoRLError(f"no finished run under {out / 'runs'}")
+    first = summaries[first_run.arm.label][first_run.seed]
 
     table = {}
     for arm in arms:
@@ -261,7 +262,6 @@ def aggregate(out: Path, arms: list[Arm], seeds: int) -> dict:
                 _sd([x - y for x, y in zip(intro, base)]), seeds
             )
     problems = first["eval_problems"]
-    first_run = next(r for r in runs if r.done)
     k = yaml.safe_load((first_run.out / "config.yaml").read_text())["train"]["eval_avg_k"]
     result = {
         "seeds": seeds,
