@@ -37,6 +37,10 @@ def test_yaml_and_overrides_are_typed(tmp_path):
         ("algorithm.lr_schedule=linear", "algorithm.lr_schedule"),
         ("algorithm.warmup_steps=-1", "algorithm.warmup_steps"),
         ("task.num_operands=1", "task.num_operands"),
+        ("task.operations=+/", "task.operations"),
+        ("task.operations=++", "task.operations"),
+        ("algorithm.top_entropy_fraction=0", "algorithm.top_entropy_fraction"),
+        ("algorithm.top_entropy_fraction=1.5", "algorithm.top_entropy_fraction"),
         ("temperature.tampo.candidates=[0.5]", "temperature.tampo.candidates"),
     ],
 )

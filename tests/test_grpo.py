@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from thermorl.algorithms import (
-    aggregate, approx_kl, clipped_policy_loss, group_advantages, kl_penalty, lr_factor, tempered_logprobs,
+    aggregate, approx_kl, clipped_policy_loss, group_advantages, high_entropy_mask, kl_penalty, lr_factor,
+    tempered_logprobs,
 )
 
 
@@ -89,3 +90,37 @@ def test_lr_factor_by_hand():
     assert lr_factor(9, 4, 0, "cosine") == pytest.approx(0.0)
     with pytest.raises(ValueError, match="linear"):
         lr_factor(1, 4, 0, "linear")
+
+
+def test_high_entropy_mask_keeps_the_top_fraction_of_generated_tokens():
+    entropies = torch.tensor([[0.1, 0.9, 0.5, 7.0], [0.3, 0.8, 0.2, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])  # the 7.0 is padding
+    # generated entropies sorted: 0.0 0.1 0.2 0.3 0.5 0.8 0.9; the 0.75-quantile is 0.65
+    kept = high_entropy_mask(entropies, mask, 0.25)
+    assert kept.tolist() == [[0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]
+    assert torch.equal(high_entropy_mask(entropies, mask, 1.0), mask)
+
+
+def test_top_entropy_fraction_keeps_only_the_forking_tokens_in_the_loss():
+    from thermorl.config import load_config
+    from thermorl.rollout import encode_prompts, sample
+    from thermorl.trainer import build_components, grpo_update
+
+    config = load_config(None, [
+        "model.path=builtin:random", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
+        "task.eval_size=10", "train.threads=1",
+    ])
+    c = build_components(config)
+    generator = torch.Generator().manual_seed(0)
+    prompt_ids, prompt_mask = encode_prompts(c.policy, ["3,7,2>23:"] * 4)
+    batch = sample(c.policy, c.controller, prompt_ids, prompt_mask, 6, generator)
+    mask = batch.completion_mask
+    # rows 0 and 1 are the batch's high-entropy half, rows 2 and 3 the low-entropy half
+    batch.entropies = torch.tensor([[2.0], [2.0], [0.1], [0.1]]).expand_as(mask).clone()
+    config.algorithm.top_entropy_fraction = (mask[:2].sum() / mask.sum()).item()
+    advantages = torch.tensor([1.0, -1.0, 5.0, 5.0])
+    metrics = grpo_update(c, config, batch, advantages, 1, generator)
+    # first update: ratio 1, so the token loss is -A on kept tokens, over every generated token
+    kept = mask[:2].sum(-1)
+    expected = -(advantages[:2] * kept).sum() / mask.sum()
+    assert metrics["pg_loss"] == pytest.approx(expected.item(), abs=1e-6)

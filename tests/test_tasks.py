@@ -53,3 +53,14 @@ def test_difficulty_knobs_change_the_problems():
     assert max(max(p.data["numbers"]) for p in small) <= 3
     four = build_task(TaskConfig(num_operands=4, eval_size=10)).train_problems(random.Random(0), 10)
     assert all(len(p.data["numbers"]) == 4 for p in four)
+
+
+def test_countdown_operations_knob_limits_generator_and_checker():
+    task = build_task(TaskConfig(operations="+-", eval_size=10))
+    problems = task.train_problems(random.Random(0), 300)
+    assert all("*" not in p.data["solution"] for p in problems)
+    assert {op for p in problems for op in p.data["solution"] if op in "+-"} == {"+", "-"}
+    # a correct chain that uses a forbidden operation earns nothing
+    assert task.reward(problems[0], task.demonstration(problems[0])) == 1.0
+    assert not check_countdown([3, 7, 2], 23, "7*3=21,21+2=23", operations="+-")
+    assert check_countdown([3, 7, 2], 8, "7+3=10,10-2=8", operations="+-")

@@ -83,6 +83,7 @@ class TaskConfig:
     num_operands: int = doc("Numbers given per problem (countdown) or operands per chain (arithmetic).", 3)
     max_operand: int = doc("Operands are drawn from 1..max_operand.", 12)
     max_result: int = doc("Targets and intermediate results stay in 0..max_result.", 99)
+    operations: str = doc("countdown: the operations a step may use, a subset of '+-*'.", "+-*")
     eval_size: int = doc("Held-out problems (disjoint from training prompts) for greedy accuracy.", 1000)
     eval_seed: int = doc("Seed of the held-out split; fixed so every run is scored on the same problems.", 1234)
     dataset: str = doc(
@@ -125,6 +126,8 @@ class TaskConfig:
             )
         if self.num_operands < 2:
             raise ConfigError(f"task.num_operands must be >= 2, got {self.num_operands}")
+        if not self.operations or set(self.operations) - set("+-*") or len(set(self.operations)) < len(self.operations):
+            raise ConfigError(f"task.operations must be distinct characters of '+-*', got {self.operations!r}")
         _positive(self, "verify_timeout_s")
         if "{problem}" not in self.prompt_template:
             raise ConfigError("task.prompt_template must contain {problem}")
@@ -300,6 +303,10 @@ class AlgorithmConfig:
     )
     num_iterations: int = doc("Inner epochs over each sampled batch (mu in GRPO).", 1)
     num_minibatches: int = doc("Optimizer steps per inner epoch.", 1)
+    top_entropy_fraction: float = doc(
+        "Policy gradient only on this fraction of the batch's generated tokens, the highest-entropy ones "
+        "(Wang et al. 2025's forking tokens, TRL's top_entropy_quantile); 1.0 = every token.", 1.0
+    )
     lr: float = doc("Peak AdamW learning rate of the language model (see lr_schedule).", 3e-5)
     lr_schedule: Literal["constant", "cosine"] = doc(
         "Language-model learning rate after the warm-up: 'constant' keeps it; 'cosine' decays it to 0 at "
@@ -323,6 +330,8 @@ class AlgorithmConfig:
             raise ConfigError("algorithm.beta, weight_decay and max_grad_norm must be >= 0")
         if self.warmup_steps < 0:
             raise ConfigError(f"algorithm.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 < self.top_entropy_fraction <= 1.0:
+            raise ConfigError(f"algorithm.top_entropy_fraction must be in (0, 1], got {self.top_entropy_fraction}")
 
 
 @dataclass

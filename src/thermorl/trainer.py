@@ -31,7 +31,9 @@ from typing import Any
 import torch
 
 from thermorl import checkpoint as ckpt
-from thermorl.algorithms.grpo import aggregate, approx_kl, clipped_policy_loss, group_advantages, kl_penalty
+from thermorl.algorithms.grpo import (
+    aggregate, approx_kl, clipped_policy_loss, group_advantages, high_entropy_mask, kl_penalty,
+)
 from thermorl.algorithms.schedule import lr_factor
 from thermorl.config import Config, dump_config
 from thermorl.distributed import Distributed, gather_batch, setup_distributed
@@ -115,6 +117,7 @@ def grpo_update(
         with torch.no_grad():
             ref_logprobs = score(c.reference, batch).logprobs
 
+    pg_mask = high_entropy_mask(batch.entropies, batch.completion_mask, algo.top_entropy_fraction)
     totals: dict[str, float] = {}
     updates = 0
     logits_for_controller = []
@@ -132,6 +135,7 @@ def grpo_update(
                 pg, clipped = clipped_policy_loss(
                     scored.logprobs, old_logprobs[index], advantages[index], algo.epsilon, algo.epsilon_high
                 )
+                pg = pg * pg_mask[index]  # every token unless algorithm.top_entropy_fraction < 1
                 token_loss = pg
                 if ref_logprobs is not None:
                     kl = kl_penalty(scored.logprobs, ref_logprobs[index], algo.kl_estimator)

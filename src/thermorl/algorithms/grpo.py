@@ -44,6 +44,22 @@ def clipped_policy_loss(
     return loss, (clipped < unclipped).float()
 
 
+def high_entropy_mask(entropies: Tensor, mask: Tensor, fraction: float) -> Tensor:
+    """Keep the policy gradient only on the batch's highest-entropy ("forking") tokens.
+
+    m_t = 1[H_t >= Q_{1 - fraction}(H over all generated tokens of the batch)] * mask_t
+    (Wang et al. 2025, "Beyond the 80/20 Rule", arXiv 2506.01939; TRL's ``top_entropy_quantile``).
+    ``fraction`` = 1 keeps every generated token. Ties at the threshold are kept.
+    """
+    if fraction >= 1.0:
+        return mask
+    valid = entropies[mask > 0]
+    if valid.numel() == 0:
+        return mask
+    threshold = torch.quantile(valid.float(), 1.0 - fraction)
+    return mask * (entropies >= threshold).to(mask.dtype)
+
+
 def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k3") -> Tensor:
     """Per-token estimate of KL(pi || pi_ref) from samples of pi.
 

@@ -25,8 +25,12 @@ OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b
 class Countdown(Task):
     name = "countdown"
 
-    def __init__(self, num_operands: int, max_operand: int, max_result: int, eval_size: int, eval_seed: int):
+    def __init__(
+        self, num_operands: int, max_operand: int, max_result: int, eval_size: int, eval_seed: int,
+        operations: str = "+-*",
+    ):
         super().__init__(eval_size, eval_seed)
+        self.operations = operations
         self.num_operands = num_operands
         self.max_operand = max_operand
         self.max_result = max_result
@@ -48,7 +52,7 @@ class Countdown(Task):
         steps = []
         while len(pool) > 1:
             a, b = rng.sample(pool, 2)
-            op = rng.choice("+-*")
+            op = rng.choice(self.operations)
             if op in "+*" or a < b:
                 a, b = max(a, b), min(a, b)
             result = OPS[op](a, b)
@@ -71,11 +75,11 @@ class Countdown(Task):
         return problem.data["solution"]
 
     def reward(self, problem: Problem, completion: str) -> float:
-        return 1.0 if check_countdown(problem.data["numbers"], int(problem.answer), completion) else 0.0
+        return 1.0 if check_countdown(problem.data["numbers"], int(problem.answer), completion, self.operations) else 0.0
 
 
-def check_countdown(numbers: list[int], target: int, completion: str) -> bool:
-    """Whether ``completion`` is a valid step chain from ``numbers`` ending at ``target``."""
+def check_countdown(numbers: list[int], target: int, completion: str, operations: str = "+-*") -> bool:
+    """Whether ``completion`` is a valid chain of ``operations`` steps from ``numbers`` ending at ``target``."""
     text = completion.strip()
     if not text:
         return False
@@ -86,6 +90,8 @@ def check_countdown(numbers: list[int], target: int, completion: str) -> bool:
         if match is None:
             return False
         a, op, b, claimed = int(match[1]), match[2], int(match[3]), int(match[4])
+        if op not in operations:
+            return False
         for operand in (a, b):
             if operand not in pool:
                 return False
