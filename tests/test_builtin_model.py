@@ -13,7 +13,12 @@ def test_shipped_checkpoint_is_small_safetensors():
     assert weights.is_file()
     assert sum(p.stat().st_size for p in BUILTIN_DIR.iterdir()) <= 10 * 2**20
     record = json.loads((BUILTIN_DIR / "pretrain.json").read_text())
-    assert record["steps"] == 400 and record["seed"] == 0  # what `thermorl pretrain` reproduces by default
+    assert record["steps"] == 275 and record["seed"] == 0  # what `thermorl pretrain` reproduces by default
+    defaults = TaskConfig()
+    assert {k: record["task"][k] for k in ("name", "num_operands", "max_operand", "max_result", "operations")} == {
+        "name": defaults.name, "num_operands": defaults.num_operands, "max_operand": defaults.max_operand,
+        "max_result": defaults.max_result, "operations": defaults.operations,
+    }  # trained on the default task
 
 
 def test_shipped_checkpoint_scores_in_the_useful_range():

@@ -122,7 +122,7 @@ def pretrain(
     out: Path = typer.Option(Path("pretrained-tiny"), "--out", "-o", help="Output model directory."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (its task and model sections)."),
     overrides: list[str] = typer.Option([], "--set", "-s", help="Override a field: section.field=value."),
-    steps: int = typer.Option(400, help="Supervised steps (400 reproduces the shipped warm start)."),
+    steps: int = typer.Option(275, help="Supervised steps (275 reproduces the shipped warm start)."),
     batch_size: int = typer.Option(128, help="Demonstrations per step."),
     lr: float = typer.Option(1e-3, help="Peak AdamW learning rate (one-cycle schedule)."),
     seed: int = typer.Option(0, help="Seed."),
