@@ -32,7 +32,12 @@ import torch
 
 from thermorl import checkpoint as ckpt
 from thermorl.algorithms.grpo import (
-    aggregate, approx_kl, clipped_policy_loss, group_advantages, high_entropy_mask, kl_penalty,
+    aggregate,
+    approx_kl,
+    clipped_policy_loss,
+    group_advantages,
+    high_entropy_mask,
+    kl_penalty,
 )
 from thermorl.algorithms.schedule import lr_factor
 from thermorl.config import Config, dump_config

@@ -49,7 +49,9 @@ def high_entropy_mask(entropies: Tensor, mask: Tensor, fraction: float) -> Tenso
 
     m_t = 1[H_t >= Q_{1 - fraction}(H over all generated tokens of the batch)] * mask_t
     (Wang et al. 2025, "Beyond the 80/20 Rule", arXiv 2506.01939; TRL's ``top_entropy_quantile``).
-    ``fraction`` = 1 keeps every generated token. Ties at the threshold are kept.
+    ``entropies`` are those of the distributions the tokens were sampled from (their own temperatures);
+    in a data-parallel run the quantile is this process's shard's. ``fraction`` = 1 keeps every
+    generated token. Ties at the threshold are kept.
     """
     if fraction >= 1.0:
         return mask

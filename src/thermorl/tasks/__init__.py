@@ -13,22 +13,15 @@ def build_task(config: TaskConfig) -> Task:
     """The task named by ``config.name``; ``config.reward='module:function'`` replaces its reward."""
     if config.name == "math":
         task: Task = MathTask.from_config(config)
-    elif config.name == "countdown":
-        task = Countdown(
-            num_operands=config.num_operands,
-            max_operand=config.max_operand,
-            max_result=config.max_result,
-            eval_size=config.eval_size,
-            eval_seed=config.eval_seed,
-            operations=config.operations,
-        )
     else:
+        extra = {"operations": config.operations} if config.name == "countdown" else {}
         task = TASKS[config.name](
             num_operands=config.num_operands,
             max_operand=config.max_operand,
             max_result=config.max_result,
             eval_size=config.eval_size,
             eval_seed=config.eval_seed,
+            **extra,
         )
     if config.reward != "default":
         from thermorl.rewards import TaskReward, load_reward_function

@@ -1,7 +1,8 @@
 """Countdown: combine the given numbers with + - * to reach the target.
 
 Prompt ``3,7,2>23:``; a solution is a chain of steps ``7*3=21,21+2=23``. Each step may use
-any unused given number or an earlier result. The solution mixes two kinds of tokens:
+any unused given number or an earlier result, and one of ``operations`` (the default config allows
+only ``+-``: ``3,7,2>8:`` -> ``7+3=10,10-2=8``). The solution mixes two kinds of tokens:
 *choice* tokens (which numbers to combine, with which operation), where several continuations
 may be right and exploring pays, and *deterministic* tokens (the result of each step), where
 any deviation from the one right digit loses the reward. That contrast is what a learned
@@ -75,7 +76,8 @@ class Countdown(Task):
         return problem.data["solution"]
 
     def reward(self, problem: Problem, completion: str) -> float:
-        return 1.0 if check_countdown(problem.data["numbers"], int(problem.answer), completion, self.operations) else 0.0
+        solved = check_countdown(problem.data["numbers"], int(problem.answer), completion, self.operations)
+        return 1.0 if solved else 0.0
 
 
 def check_countdown(numbers: list[int], target: int, completion: str, operations: str = "+-*") -> bool:
