@@ -1,4 +1,4 @@
-"""Countdown: combine the given numbers with + - * to reach the target.
+"""Countdown: combine the given numbers with + - * (those in ``operations``) to reach the target.
 
 Prompt ``3,7,2>23:``; a solution is a chain of steps ``7*3=21,21+2=23``. Each step may use
 any unused given number or an earlier result, and one of ``operations`` (the default config allows
