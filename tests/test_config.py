@@ -65,3 +65,10 @@ def test_every_field_has_help():
     rows = field_help(Config)
     assert len(rows) > 40
     assert all(help_text for _, help_text, _ in rows), [name for name, h, _ in rows if not h]
+
+
+def test_an_unknown_key_with_a_newline_is_reported_on_one_line():
+    # found by the hypothesis test in test_properties.py: the raw key split the message in two
+    with pytest.raises(ConfigError, match=r"unknown config key '0\\n0' \(known: ") as err:
+        load_config(None, ["0\n0=0"])
+    assert "\n" not in str(err.value)

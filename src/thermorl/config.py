@@ -431,7 +431,8 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in known:
-            raise ConfigError(f"unknown config key {prefix}{key} (known: {', '.join(sorted(known))})")
+            shown = key if str(key).isprintable() else repr(key)  # the message stays one line
+            raise ConfigError(f"unknown config key {prefix}{shown} (known: {', '.join(sorted(known))})")
     kwargs = {key: _coerce(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
     return cls(**kwargs)
 
