@@ -67,7 +67,9 @@ def test_ead_paper_form(t, step, expected):
 @pytest.mark.parametrize(
     "t, step, expected",
     [
-        (0, 0, 1.2),  # no warm-up in the released code: 1 + tau_max - exp(0)
+        (0, 0, 1.0),  # the released code keeps the first c = 10 tokens at T = 1 in every mode
+        (9, 0, 1.0),
+        (10, 0, 2.2 - math.exp(10 / (20 * 25))),  # d_s = 25 at step 0
         (100, 15, 2.2 - math.exp(100 / (20 * 100))),  # d_s = 25 + 5 * 15 = 100
         (500, 0, 0.1),  # t / (20 * 25) = 1: 2.2 - e < tau_min
         (1000, 7995, 2.2 - math.exp(1000 / (20 * 4e4))),  # d_s = 25 + 5 * 7995 = 4e4 = d_max

@@ -86,11 +86,14 @@ def test_compare_command_runs_aggregates_and_resumes(tmp_path):
         assert 0 <= row["final_eval_accuracy"]["mean"] <= 1
     assert result["introspective_vs_best_fixed"]["best_fixed"] == "fixed:1.0"
     assert result["eval_problems"] == 40 and result["missing_runs"] == []
-    for name in ("compare.md", "curves.png", "final_accuracy.png"):
+    for name in ("compare.md", "curves.png", "final_accuracy.png", "dynamics.png"):
         assert (out / name).stat().st_size > 0
     table = (out / "compare.md").read_text()
-    assert "| controller | greedy acc | avg@8 | pass@8 | greedy acc - best fixed (paired) | runs |" in table
-    assert "| introspective |" in table and result["k"] == 8
+    assert ("| arm | LM updates | greedy acc | avg@8 at T=1.0 | pass@8 at T=1.0 | avg@8 own temps | "
+            "greedy acc - best fixed (paired) | runs |") in table
+    assert "| introspective | 2 |" in table and "| fixed:1.0 | 2 |" in table and result["k"] == 8
+    assert "final_eval_own_avg_at_k" in result["arms"]["introspective"]
+    assert "final_eval_own_avg_at_k" not in result["arms"]["fixed:1.0"]
     assert "vs_best_fixed" in result["arms"]["introspective"] and "vs_best_fixed" not in result["arms"]["fixed:1.0"]
 
     doc = tmp_path / "RESULTS.md"

@@ -44,6 +44,7 @@ def _sample(policy, controller, tokens: int = 12, seed: int = 0, repeat: int = 4
 @pytest.fixture(scope="module")
 def components():
     config = load_config(None, TINY + ["temperature.controller=introspective", "rollout.group_size=4",
+                                       "temperature.introspective.schedule=phases",
                                        "temperature.introspective.lm_phase_steps=1",
                                        "temperature.introspective.head_phase_steps=1"])
     return config, build_components(config)
@@ -129,7 +130,7 @@ def _changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
     return any(not torch.equal(b, p) for b, p in zip(before, module.parameters()))
 
 
-def test_coordinate_ascent_freezes_the_resting_policy(components):
+def test_phases_schedule_freezes_the_resting_policy(components):
     config, c = components
     controller = c.controller
     assert controller.trains_lm(1) and not controller.trains_head(1)
@@ -142,6 +143,22 @@ def test_coordinate_ascent_freezes_the_resting_policy(components):
         grpo_update(c, config, batch, advantages, step, generator)
         assert _changed(lm_before, c.policy.model) is lm_moves, f"step {step}"
         assert _changed(head_before, controller.module) is not lm_moves, f"step {step}"
+
+
+def test_alternate_schedule_updates_lm_then_head_every_step(components):
+    config, _ = components
+    config = load_config(None, TINY + ["temperature.controller=introspective", "rollout.group_size=4"])
+    assert config.temperature.introspective.schedule == "alternate"  # the default
+    c = build_components(config)
+    assert all(c.controller.trains_lm(s) and c.controller.trains_head(s) for s in range(1, 30))
+    generator = torch.Generator().manual_seed(0)
+    batch = _sample(c.policy, c.controller, tokens=8)
+    advantages = torch.randn(len(batch), generator=torch.Generator().manual_seed(7))
+    for step in (1, 2):
+        lm_before, head_before = _parameters(c.policy.model), _parameters(c.controller.module)
+        counts = grpo_update(c, config, batch, advantages, step, generator)
+        assert _changed(lm_before, c.policy.model) and _changed(head_before, c.controller.module), f"step {step}"
+        assert (counts["lm_steps"], counts["head_steps"]) == (1, 1)
 
 
 @pytest.mark.parametrize("detach", [True, False])
@@ -194,6 +211,7 @@ def test_cli_trains_reports_and_generates(tmp_path):
         "--set", "task.eval_size=50", "--set", "train.eval_avg_problems=10", "--set", "train.eval_avg_k=2",
         "--set", "rollout.prompts_per_step=2", "--set", "rollout.group_size=2", "--set", "rollout.max_new_tokens=10",
         "--set", "model.hidden_size=32", "--set", "model.num_layers=1", "--set", "model.num_heads=2",
+        "--set", "temperature.introspective.schedule=phases",
         "--set", "temperature.introspective.lm_phase_steps=1", "--set", "temperature.introspective.head_phase_steps=1",
         "--set", "log.tensorboard=false", "--set", "log.progress=false", "--out", str(run),
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,14 +29,16 @@ import yaml
 from scipy import stats
 
 from thermorl.checkpoint import list_checkpoints
-from thermorl.errors import ThermoRLError
+from thermorl.config import load_config
+from thermorl.errors import ConfigError, ThermoRLError
 from thermorl.tracking import read_metrics
 
 CONTROLLERS = ("fixed", "linear", "ead", "entropy", "tampo", "introspective")
-METRICS = (  # summary.json key, column title ({k}: train.eval_avg_k of the runs)
+METRICS = (  # summary.json key, column title ({k}: train.eval_avg_k, {t}: train.eval_temperature of the runs)
     ("final_eval_accuracy", "greedy acc"),
-    ("final_eval_avg_at_k", "avg@{k}"),
-    ("final_eval_pass_at_k", "pass@{k}"),
+    ("final_eval_avg_at_k", "avg@{k} at T={t}"),
+    ("final_eval_pass_at_k", "pass@{k} at T={t}"),
+    ("final_eval_own_avg_at_k", "avg@{k} own temps"),
 )
 
 
@@ -44,23 +47,45 @@ METRICS = (  # summary.json key, column title ({k}: train.eval_avg_k of the runs
 
 @dataclass(frozen=True)
 class Arm:
-    """One controller setting of the study: ``fixed:0.6`` or a controller name with its defaults."""
+    """One setting of the study: a controller, ``fixed:T``, or ``name[key=value,...]`` with overrides of
+    the controller's own section (``introspective[schedule=joint]``) or of any dotted field
+    (``introspective[algorithm.lr=1e-4]``)."""
 
     label: str
     overrides: tuple[str, ...]
 
     @property
     def slug(self) -> str:
-        return self.label.replace(":", "_")
+        """The label as a directory name: ``introspective[schedule=joint]`` -> ``introspective-schedule_joint``."""
+        slug = self.label.replace(":", "_").replace("[", "-").replace("]", "").replace("=", "_").replace(",", "-")
+        return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in slug)
+
+
+_ARM = re.compile(r"^(?P<name>[A-Za-z_]\w*)(?::(?P<value>[^\[\]]+))?(?:\[(?P<overrides>[^\[\]]*)\])?$")
+
+
+def split_arms(spec: str) -> list[str]:
+    """Split ``--controllers`` at the commas outside brackets."""
+    items, depth, current = [], 0, ""
+    for ch in spec:
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    return [item.strip() for item in [*items, current] if item.strip()]
 
 
 def parse_arms(spec: str) -> list[Arm]:
-    """``"fixed:0.6,fixed:1.0,tampo"`` -> arms; ``fixed:T`` sets the fixed temperature T."""
+    """``"fixed:0.6,tampo,introspective[schedule=joint,kl_coef=0.1]"`` -> arms; ``fixed:T`` sets the fixed
+    temperature T; every override is checked against the config schema before any run starts."""
     arms = []
-    for item in (part.strip() for part in spec.split(",")):
-        if not item:
-            continue
-        name, _, value = item.partition(":")
+    for item in split_arms(spec):
+        match = _ARM.match(item)
+        if match is None:
+            raise ThermoRLError(f"--controllers: cannot read {item!r} (write name, fixed:T or name[key=value,...])")
+        name, value, extra = match["name"], match["value"], match["overrides"]
         if name not in CONTROLLERS:
             raise ThermoRLError(f"--controllers: unknown controller {name!r} (choose from {', '.join(CONTROLLERS)})")
         overrides = [f"temperature.controller={name}"]
@@ -73,12 +98,24 @@ def parse_arms(spec: str) -> list[Arm]:
             except ValueError:
                 raise ThermoRLError(f"--controllers: {item!r} needs a positive temperature") from None
             overrides.append(f"temperature.fixed.temperature={value}")
-        elif name == "fixed":
+        elif name == "fixed" and "temperature.fixed.temperature=" not in (extra or ""):
             raise ThermoRLError("--controllers: write fixed:T with the temperature T, e.g. fixed:1.0")
+        for pair in (p.strip() for p in (extra or "").split(",")):
+            if not pair:
+                continue
+            key, sep, setting = pair.partition("=")
+            if not sep or not key.strip():
+                raise ThermoRLError(f"--controllers: {item!r}: {pair!r} must look like key=value")
+            key = key.strip() if "." in key else f"temperature.{name}.{key.strip()}"
+            overrides.append(f"{key}={setting.strip()}")
+        try:
+            load_config(None, overrides)
+        except ConfigError as err:
+            raise ThermoRLError(f"--controllers: {item!r}: {err}") from None
         arms.append(Arm(item, tuple(overrides)))
     if not arms:
         raise ThermoRLError("--controllers names no controller")
-    if len({a.label for a in arms}) != len(arms):
+    if len({a.label for a in arms}) != len(arms) or len({a.slug for a in arms}) != len(arms):
         raise ThermoRLError("--controllers names a controller twice")
     return arms
 
@@ -109,7 +146,7 @@ class Run:
         if config is not None:
             cmd += ["--config", str(config)]
         cmd += ["--out", str(self.out), "--steps", str(steps), "--seed", str(self.seed)]
-        for item in (*self.arm.overrides, *overrides, *STUDY_OVERRIDES):
+        for item in (*STUDY_OVERRIDES, *overrides, *self.arm.overrides):  # the later setting wins
             cmd += ["--set", item]
         return cmd
 
@@ -240,9 +277,12 @@ def aggregate(out: Path, arms: list[Arm], seeds: int) -> dict:
     for arm in arms:
         per_seed = summaries[arm.label]
         row = {"seeds": sorted(per_seed), "steps": sorted({s["steps"] for s in per_seed.values()})}
+        updates = [per_seed[s].get("lm_updates") for s in sorted(per_seed)]
+        if updates and None not in updates:
+            row["lm_updates"] = sum(updates) / len(updates)
         for key, _ in METRICS:
-            values = [per_seed[s][key] for s in sorted(per_seed)]
-            if values:
+            values = [per_seed[s][key] for s in sorted(per_seed) if key in per_seed[s]]
+            if values and len(values) == len(per_seed):
                 mean, half = mean_ci(values)
                 row[key] = {"mean": mean, "ci95": half, "values": values}
         table[arm.label] = row
@@ -262,10 +302,11 @@ def aggregate(out: Path, arms: list[Arm], seeds: int) -> dict:
                 _sd([x - y for x, y in zip(intro, base)]), seeds
             )
     problems = first["eval_problems"]
-    k = yaml.safe_load((first_run.out / "config.yaml").read_text())["train"]["eval_avg_k"]
+    train_config = yaml.safe_load((first_run.out / "config.yaml").read_text())["train"]
     result = {
         "seeds": seeds,
-        "k": k,
+        "k": train_config["eval_avg_k"],
+        "eval_temperature": train_config.get("eval_temperature", 1.0),
         "steps": first["steps"],
         "eval_problems": problems,
         "warm_start_accuracy": first["initial_eval_accuracy"],
@@ -294,18 +335,22 @@ def _resolution(table: dict, complete: list[Arm], seeds: int) -> float:
 
 
 def markdown_table(result: dict) -> str:
+    k, t = result["k"], result.get("eval_temperature", 1.0)
     lines = [
-        f"Held-out greedy accuracy, avg@{result['k']} and pass@{result['k']} (at each controller's own "
-        f"temperatures) after {result['steps']} GRPO steps: mean over "
+        f"Held-out greedy accuracy, and avg@{k} / pass@{k} sampled at one shared temperature T={t} for every arm, "
+        f"after {result['steps']} GRPO steps; 'own temps' is avg@{k} at the controller's own inference-time "
+        f"temperatures (introspective head, EAD schedule, EDT rule). Mean over "
         f"{result['seeds']} seeds, +- the 95% t-interval half-width; {result['eval_problems']} held-out problems "
-        f"(greedy), warm start {result['warm_start_accuracy']:.3f}.",
+        f"(greedy), warm start {result['warm_start_accuracy']:.3f}; LM updates: optimizer steps of the language "
+        "model per run.",
         "",
-        "| controller | " + " | ".join(label.format(k=result["k"]) for _, label in METRICS)
+        "| arm | LM updates | " + " | ".join(label.format(k=k, t=t) for _, label in METRICS)
         + " | greedy acc - best fixed (paired) | runs |",
-        "|---|" + "---|" * (len(METRICS) + 2),
+        "|---|" + "---|" * (len(METRICS) + 3),
     ]
     for label, row in result["arms"].items():
-        cells = [f"{row[k]['mean']:.3f} +- {row[k]['ci95']:.3f}" if k in row else "-" for k, _ in METRICS]
+        cells = [f"{row['lm_updates']:.0f}" if "lm_updates" in row else "-"]
+        cells += [f"{row[k]['mean']:.3f} +- {row[k]['ci95']:.3f}" if k in row else "-" for k, _ in METRICS]
         paired = row.get("vs_best_fixed")
         cells.append(f"{paired['mean_difference']:+.3f} +- {paired['ci95']:.3f} (p {paired['p_value']:.2g})"
                      if paired else "-")
@@ -344,7 +389,7 @@ def update_doc(doc: Path, out: Path, command: str) -> None:
     text = read_doc(doc)
     images = doc.parent / "images"
     images.mkdir(exist_ok=True)
-    for name in ("curves.png", "final_accuracy.png"):
+    for name in ("curves.png", "final_accuracy.png", "dynamics.png"):
         shutil.copyfile(out / name, images / f"compare_{name}")
     block = "\n".join([
         DOC_BEGIN,
@@ -355,6 +400,8 @@ def update_doc(doc: Path, out: Path, command: str) -> None:
         "![final accuracy per controller](images/compare_final_accuracy.png)",
         "",
         "![training reward per step](images/compare_curves.png)",
+        "",
+        "![temperature, zero-variance groups and entropy per step](images/compare_dynamics.png)",
         DOC_END,
     ])
     head, rest = text.split(DOC_BEGIN, 1)
@@ -395,6 +442,8 @@ def plot_study(out: Path, arms: list[Arm], seeds: int, result: dict, smooth: int
     fig.savefig(out / "curves.png", dpi=100)
     plt.close(fig)
 
+    plot_dynamics(out, arms, seeds, smooth)
+
     fig, axis = plt.subplots(figsize=(9, 4.5))
     labels = [a.label for a in arms if "final_eval_accuracy" in result["arms"][a.label]]
     means = [result["arms"][k]["final_eval_accuracy"]["mean"] for k in labels]
@@ -411,4 +460,39 @@ def plot_study(out: Path, arms: list[Arm], seeds: int, result: dict, smooth: int
     axis.legend()
     fig.tight_layout()
     fig.savefig(out / "final_accuracy.png", dpi=100)
+    plt.close(fig)
+
+
+DYNAMICS = (  # metrics.jsonl key, axis label: the signs of collapsing exploration
+    ("temperature_mean", "mean sampling temperature"),
+    ("zero_variance_groups", "groups with zero reward variance"),
+    ("entropy_mean", "token entropy (sampled distribution)"),
+)
+
+
+def plot_dynamics(out: Path, arms: list[Arm], seeds: int, smooth: int = 10) -> None:
+    """dynamics.png: per arm, the mean over seeds of the sampling temperature, the fraction of groups with
+    zero reward variance (no GRPO signal) and the token entropy, per step (moving mean over ``smooth``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(DYNAMICS), figsize=(16, 4.5))
+    for arm in arms:
+        rows = [read_metrics(r.out / "metrics.jsonl") for r in plan_runs(out, [arm], seeds) if r.done]
+        for axis, (key, _) in zip(axes, DYNAMICS):
+            curves = [moving_mean([row[key] for row in run if row.get(key) is not None], smooth) for run in rows]
+            curves = [c for c in curves if c]
+            if curves:
+                length = min(map(len, curves))
+                axis.plot(range(1, length + 1), [sum(c[i] for c in curves) / len(curves) for i in range(length)],
+                          label=arm.label)
+    for axis, (_, label) in zip(axes, DYNAMICS):
+        axis.set(xlabel="GRPO step", ylabel=label)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"mean over {seeds} seeds, {smooth}-step moving mean")
+    fig.tight_layout()
+    fig.savefig(out / "dynamics.png", dpi=100)
     plt.close(fig)

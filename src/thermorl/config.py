@@ -181,16 +181,29 @@ class EADConfig:
     )
     tau_max: float = doc("Peak temperature at the start of a completion.", 1.2)
     tau_min: float = doc("Floor temperature late in a completion.", 0.1)
-    warmup_tokens: int = doc("Tokens decoded at temperature 1.0 before annealing starts (c).", 10)
+    warmup_tokens: int = doc(
+        "Tokens decoded at temperature 1.0 before annealing starts (c), in both forms (the authors' code keeps them "
+        "in every mode).", 10
+    )
     d0: float = doc("Initial decay scale d_0 ('paper' form).", 200.0)
     slope: float = doc("Growth of the decay scale per training step (a).", 5.0)
     d_max: float = doc("Cap of the decay scale.", 4e4)
+    train_at: Literal["sampled", "one"] = doc(
+        "'sampled': the training ratio scores every token at the annealed temperature it was sampled at (thermorl's "
+        "exact-temperature rule); 'one': the authors' released code, which optimises the T = 1 policy from the "
+        "annealed samples (old log-probs at T = 1) with truncated importance weights "
+        "min(pi_1(y) / pi_annealed(y), is_cap).",
+        "sampled",
+    )
+    is_cap: float = doc("train_at=one: cap C of the truncated importance weight min(exp(logp_T1 - logp_sample), C).", 2.0)
 
     def validate(self) -> None:
         _temperature(self, "tau_max", "tau_min", section="temperature.ead")
         if self.tau_min > self.tau_max:
             raise ConfigError("temperature.ead.tau_min must be <= temperature.ead.tau_max")
-        _positive(self, "d0", "d_max", section="temperature.ead")
+        _positive(self, "d0", "d_max", "is_cap", section="temperature.ead")
+        if self.warmup_tokens < 0:
+            raise ConfigError(f"temperature.ead.warmup_tokens must be >= 0, got {self.warmup_tokens}")
 
 
 @dataclass
@@ -244,13 +257,23 @@ class IntrospectiveConfig:
     eps: float = doc("Added to softplus outputs so alpha, beta > 0.", 1e-3)
     bins: list[float] = doc("Temperatures of the categorical head.", [0.4, 0.7, 1.0, 1.3])
     detach_hidden: bool = doc("Stop head gradients from flowing into the language model.", True)
-    schedule: Literal["coordinate", "joint"] = doc(
-        "'coordinate': alternate LM-only and head-only phases; 'joint': update both every step.", "coordinate"
+    schedule: Literal["alternate", "phases", "joint"] = doc(
+        "'alternate': coordinate ascent within every step: the LM is updated with the head frozen, then the head "
+        "with the LM frozen, on the same rollouts (as many LM updates as any other controller at equal steps); "
+        "'phases': lm_phase_steps LM-only steps, then head_phase_steps head-only steps (the LM rests in head phases); "
+        "'joint': both from one loss (with detach_hidden=false the head's gradient also reaches the LM).",
+        "alternate",
     )
-    lm_phase_steps: int = doc("Coordinate ascent: steps updating the LM with the head frozen.", 10)
-    head_phase_steps: int = doc("Coordinate ascent: steps updating the head with the LM frozen.", 10)
+    lm_phase_steps: int = doc("schedule=phases: steps updating the LM with the head frozen.", 10)
+    head_phase_steps: int = doc("schedule=phases: steps updating the head with the LM frozen.", 10)
     lr: float = doc("Learning rate of the temperature head.", 1e-3)
     entropy_coef: float = doc("Entropy bonus on the temperature policy (0 = off).", 0.0)
+    kl_coef: float = doc(
+        "Weight of KL(pi_phi || pi_phi0), the temperature policy's divergence from its initial policy (gate_init, "
+        "Beta mean at tau_init): a trust region that keeps the head from trading the exploration GRPO needs for "
+        "in-group reward (0 = off).",
+        0.0,
+    )
     epsilon: float = doc("Clip range of the temperature policy's own ratio (1 +- epsilon).", 0.2)
     gate_init: float = doc("P(gate fires) of the freshly initialised head (its output layer starts at zero).", 0.5)
     concentration_init: float = doc(
@@ -264,18 +287,22 @@ class IntrospectiveConfig:
             raise ConfigError(f"{section}.tau_min must be < tau_max")
         if not self.tau_min <= self.tau_init <= self.tau_max:
             raise ConfigError(f"{section}.tau_init must be in [tau_min, tau_max], got {self.tau_init}")
-        if len(self.bins) < 2 or any(not self.tau_min <= t <= self.tau_max for t in self.bins):
-            raise ConfigError(f"{section}.bins needs >= 2 temperatures in [tau_min, tau_max], got {self.bins}")
+        if self.head == "bins" and (len(self.bins) < 2 or any(not self.tau_min <= t <= self.tau_max for t in self.bins)):
+            raise ConfigError(
+                f"{section}.bins needs >= 2 temperatures in [tau_min, tau_max] = [{self.tau_min}, {self.tau_max}], "
+                f"got {self.bins}"
+            )
         _positive(self, "eps", "lr", "concentration_init", section=section)
         _unit_interval(self, "epsilon", section=section)
         if not 0 < self.gate_init < 1:
             raise ConfigError(f"{section}.gate_init must be in (0, 1), got {self.gate_init}")
-        if self.entropy_coef < 0:
-            raise ConfigError(f"{section}.entropy_coef must be >= 0, got {self.entropy_coef}")
+        for name in ("entropy_coef", "kl_coef"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{section}.{name} must be >= 0, got {getattr(self, name)}")
         if self.lm_phase_steps < 0 or self.head_phase_steps < 0:
             raise ConfigError(f"{section} phase lengths must be >= 0")
-        if self.schedule == "coordinate" and self.lm_phase_steps + self.head_phase_steps == 0:
-            raise ConfigError(f"{section}: coordinate ascent needs lm_phase_steps + head_phase_steps > 0")
+        if self.schedule == "phases" and self.lm_phase_steps + self.head_phase_steps == 0:
+            raise ConfigError(f"{section}: schedule=phases needs lm_phase_steps + head_phase_steps > 0")
 
 
 @dataclass
@@ -343,6 +370,12 @@ class TrainConfig:
     seed: int = doc("Seed of sampling, data order and initialisation.", 0)
     eval_every: int = doc("Evaluate on the held-out split every N steps (and at the start and end).", 100)
     eval_avg_k: int = doc("Samples per problem for eval_avg_at_k (mean accuracy of k samples).", 8)
+    eval_temperature: float = doc(
+        "The one temperature at which avg@k and pass@k are sampled for every controller, so arms compare (TAMPO "
+        "drops its meta-policy at inference). Controllers that also decode with their own policy at inference "
+        "(introspective, ead, entropy) add eval_own_avg_at_k / eval_own_pass_at_k at their own temperatures.",
+        1.0,
+    )
     eval_avg_problems: int = doc("Held-out problems used for avg@k (a prefix of the held-out split).", 250)
     checkpoint_every: int = doc("Save a checkpoint every N steps (and at the end); 0 = only at the end.", 100)
     keep_checkpoints: int = doc("Most recent checkpoints kept.", 2)
@@ -358,7 +391,7 @@ class TrainConfig:
     def validate(self) -> None:
         _positive(
             self, "steps", "eval_every", "eval_avg_k", "eval_avg_problems", "keep_checkpoints", "max_bad_steps",
-            section="train",
+            "eval_temperature", section="train",
         )
         if self.checkpoint_every < 0 or self.threads < 0:
             raise ConfigError("train.checkpoint_every and train.threads must be >= 0")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from thermorl.models.policy import Policy
-from thermorl.rollout import TEMPERATURE_RANGE, decode_completions, encode_prompts, sample
+from thermorl.rollout import TEMPERATURE_RANGE, RolloutBatch, decode_completions, encode_prompts, sample
 from thermorl.tasks.base import Problem, Task
 from thermorl.temperature.base import TemperatureController
 from thermorl.temperature.fixed import FixedController
@@ -35,8 +35,10 @@ def score_problems(
     training_step: int = 0,
     temperature_range: tuple[float, float] = TEMPERATURE_RANGE,
     reward: Callable[[Problem, str], float] | None = None,
+    on_batch: Callable[[RolloutBatch], None] | None = None,
 ) -> list[list[float]]:
-    """Rewards[problem][sample] of ``samples`` completions per problem (``reward`` defaults to the task's)."""
+    """Rewards[problem][sample] of ``samples`` completions per problem (``reward`` defaults to the task's);
+    ``on_batch`` is called with every sampled batch (e.g. to check its temperatures)."""
     reward = reward or task.reward
     rows = [p for p in problems for _ in range(samples)]
     rewards: list[float] = []
@@ -49,6 +51,8 @@ def score_problems(
             policy, controller, prompt_ids, prompt_mask, max_new_tokens, generator, greedy, training_step,
             temperature_range,
         )
+        if on_batch is not None:
+            on_batch(batch)
         rewards.extend(reward(p, text) for p, text in zip(chunk, decode_completions(policy, batch)))
     policy.model.train(was_training)
     return [rewards[i * samples : (i + 1) * samples] for i in range(len(problems))]
@@ -78,11 +82,12 @@ def sampled_metrics(
     training_step: int = 0,
     temperature_range: tuple[float, float] = TEMPERATURE_RANGE,
     reward: Callable[[Problem, str], float] | None = None,
+    on_batch: Callable[[RolloutBatch], None] | None = None,
 ) -> dict[str, float]:
     """avg@k (mean reward of k samples) and pass@k over ``problems``, sampling with ``controller``."""
     scores = score_problems(
         policy, task, problems, controller, k, max_new_tokens, False, generator, training_step=training_step,
-        temperature_range=temperature_range, reward=reward,
+        temperature_range=temperature_range, reward=reward, on_batch=on_batch,
     )
     avg = sum(sum(s) / k for s in scores) / len(scores)
     passed = sum(pass_at_k(k, int(sum(s)), k) for s in scores) / len(scores)

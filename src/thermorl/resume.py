@@ -97,6 +97,8 @@ class LoopState:
     skipped_steps: int = 0
     bad_streak: int = 0  # consecutive skipped steps
     train_time: float = 0.0
+    lm_updates: int = 0  # optimizer steps of the language model so far
+    head_updates: int = 0  # optimizer steps of the temperature head so far
 
     @classmethod
     def fresh(cls, seed: int, device: torch.device) -> LoopState:
@@ -109,7 +111,8 @@ class LoopState:
     def to_json(self) -> dict[str, Any]:
         return {
             "initial_eval": self.initial_eval, "last_eval": self.last_eval, "skipped_steps": self.skipped_steps,
-            "bad_streak": self.bad_streak, "train_time_s": self.train_time,
+            "bad_streak": self.bad_streak, "train_time_s": self.train_time, "lm_updates": self.lm_updates,
+            "head_updates": self.head_updates,
         }
 
 
@@ -132,6 +135,8 @@ def restore(c: Components, state: LoopState, point: ResumePoint) -> None:
     state.skipped_steps = saved.get("skipped_steps", 0)
     state.bad_streak = saved.get("bad_streak", 0)
     state.train_time = saved.get("train_time_s", 0.0)
+    state.lm_updates = saved.get("lm_updates", 0)
+    state.head_updates = saved.get("head_updates", 0)
     if c.reward is not None and "reward" in saved:
         c.reward.load_state_dict(saved["reward"])
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -38,9 +39,10 @@ from thermorl.algorithms.grpo import (
     group_advantages,
     high_entropy_mask,
     kl_penalty,
+    truncated_importance_weights,
 )
 from thermorl.algorithms.schedule import lr_factor
-from thermorl.config import Config, dump_config
+from thermorl.config import Config, FixedConfig, dump_config
 from thermorl.distributed import Distributed, gather_batch, setup_distributed
 from thermorl.errors import ModelLoadError, NonFiniteError, ThermoRLError, TrainingDivergedError
 from thermorl.evaluate import greedy_accuracy, sampled_metrics
@@ -50,6 +52,7 @@ from thermorl.reward_guard import RewardGuard
 from thermorl.rollout import RolloutBatch, decode_completions, encode_prompts, sample, score
 from thermorl.tasks import Task, build_task
 from thermorl.temperature import ControllerEnv, TemperatureController, build_controller
+from thermorl.temperature.fixed import FixedController
 from thermorl.tracking import RunLogger
 
 log = logging.getLogger(__name__)
@@ -113,10 +116,18 @@ def grpo_update(
     """mu epochs of clipped-ratio updates on one batch; returns averaged diagnostics."""
     algo = config.algorithm
     trains_lm = c.controller.trains_lm(step)
+    sampled_logprobs = batch.logprobs
+    train_temperatures = c.controller.training_temperatures(batch.temperatures)
+    off_policy = train_temperatures is not batch.temperatures  # e.g. EAD's T = 1 mode
+    if off_policy:
+        batch = replace(batch, temperatures=train_temperatures)
     old_logprobs = batch.logprobs
-    if algo.recompute_old_logprobs:
+    if algo.recompute_old_logprobs or off_policy:
         with torch.no_grad():
             old_logprobs = score(c.policy, batch).logprobs
+    is_weights = None
+    if off_policy:  # w_t = min(pi_old(y_t | T_train) / pi(y_t | T_sampled), C)
+        is_weights = truncated_importance_weights(old_logprobs, sampled_logprobs, c.controller.is_cap)
     ref_logprobs = None
     if c.reference is not None:
         with torch.no_grad():
@@ -124,7 +135,7 @@ def grpo_update(
 
     pg_mask = high_entropy_mask(batch.entropies, batch.completion_mask, algo.top_entropy_fraction)
     totals: dict[str, float] = {}
-    updates = 0
+    updates = lm_steps = head_steps = 0
     logits_for_controller = []
     for epoch in range(algo.num_iterations):
         order = torch.randperm(len(batch), generator=generator, device=generator.device)  # the model's device
@@ -141,6 +152,12 @@ def grpo_update(
                     scored.logprobs, old_logprobs[index], advantages[index], algo.epsilon, algo.epsilon_high
                 )
                 pg = pg * pg_mask[index]  # every token unless algorithm.top_entropy_fraction < 1
+                if is_weights is not None:
+                    pg = pg * is_weights[index]
+                    metrics["is_weight_mean"] = aggregate(is_weights[index], mask).item()
+                    metrics["is_clipped_fraction"] = aggregate(
+                        (old_logprobs[index] - sampled_logprobs[index] > math.log(c.controller.is_cap)).float(), mask
+                    ).item()
                 token_loss = pg
                 if ref_logprobs is not None:
                     kl = kl_penalty(scored.logprobs, ref_logprobs[index], algo.kl_estimator)
@@ -173,8 +190,10 @@ def grpo_update(
                     raise NonFiniteError("non-finite gradients")
                 if trains_lm:
                     c.lm_optimizer.step()
+                    lm_steps += 1
                 if head_loss is not None and c.head_optimizer is not None:
                     c.head_optimizer.step()
+                    head_steps += 1
             metrics["loss"] = loss.item()
             if epoch == 0 and c.controller.needs_logits_after_update:
                 logits_for_controller.append((index, scored.logits.detach()))
@@ -190,7 +209,7 @@ def grpo_update(
             logits[index] = part
     c.controller.after_update(batch.records, advantages, batch.completion_mask, batch.completion_ids, logits)
     c.dist.sync_controller(c.controller)
-    return {key: value / updates for key, value in totals.items()}
+    return {**{key: value / updates for key, value in totals.items()}, "lm_steps": lm_steps, "head_steps": head_steps}
 
 
 def _trainable_parameters(c: Components) -> list[torch.nn.Parameter]:
@@ -208,20 +227,31 @@ def _finite_parameters(c: Components) -> bool:
     return bool(torch.isfinite(torch.stack([p.detach().norm() for p in _trainable_parameters(c)]).sum()))
 
 
-def evaluate_policy(c: Components, config: Config, step: int, generator: torch.Generator) -> dict[str, float]:
-    """Greedy accuracy on the whole held-out split and avg@k / pass@k on its prefix."""
+def evaluate_policy(
+    c: Components, config: Config, step: int, generator: torch.Generator, on_batch: Any = None
+) -> dict[str, float]:
+    """Greedy accuracy on the whole held-out split; avg@k / pass@k on its prefix at the one shared
+    ``train.eval_temperature`` (every arm alike) and, for controllers that decode with their own policy
+    at inference, at their own temperatures too (``eval_own_*``). ``on_batch`` sees each shared-temperature
+    evaluation rollout."""
     # under accelerate each process scores every N-th problem; the shards are combined by size below
     problems = c.dist.stride(c.task.eval_problems())
     sampled = c.dist.stride(c.task.eval_problems()[: config.train.eval_avg_problems])
     reward = c.reward or c.task.reward
-    metrics = {"eval_accuracy": greedy_accuracy(c.policy, c.task, problems, config.rollout.max_new_tokens, reward)}
-    metrics.update(
-        sampled_metrics(
-            c.policy, c.task, sampled, c.controller, config.train.eval_avg_k,
-            config.rollout.max_new_tokens, generator, training_step=step,
-            temperature_range=(config.rollout.temperature_min, config.rollout.temperature_max), reward=reward,
+    rollout = config.rollout
+    clamp = (rollout.temperature_min, rollout.temperature_max)
+    metrics = {"eval_accuracy": greedy_accuracy(c.policy, c.task, problems, rollout.max_new_tokens, reward)}
+    shared = FixedController(FixedConfig(config.train.eval_temperature), ControllerEnv(c.policy.hidden_size, 1, c.policy.device))
+    metrics.update(sampled_metrics(
+        c.policy, c.task, sampled, shared, config.train.eval_avg_k, rollout.max_new_tokens, generator,
+        training_step=step, temperature_range=clamp, reward=reward, on_batch=on_batch,
+    ))
+    if c.controller.decodes_at_inference:
+        own = sampled_metrics(
+            c.policy, c.task, sampled, c.controller, config.train.eval_avg_k, rollout.max_new_tokens, generator,
+            training_step=step, temperature_range=clamp, reward=reward,
         )
-    )
+        metrics.update({key.replace("eval_", "eval_own_"): value for key, value in own.items()})
     return c.dist.weighted_mean(metrics, {"eval_accuracy": len(problems)}, default_weight=len(sampled))
 
 
@@ -366,6 +396,11 @@ def _train_loop(
         "initial_eval_avg_at_k": state.initial_eval["eval_avg_at_k"],
         "final_eval_avg_at_k": state.last_eval["eval_avg_at_k"],
         "final_eval_pass_at_k": state.last_eval["eval_pass_at_k"],
+        "eval_temperature": config.train.eval_temperature,
+        **{f"final_{key}": state.last_eval[key] for key in ("eval_own_avg_at_k", "eval_own_pass_at_k")
+           if key in state.last_eval},
+        "lm_updates": state.lm_updates,
+        "head_updates": state.head_updates,
         "eval_problems": len(c.task.eval_problems()),
         "skipped_steps": state.skipped_steps,
         "train_time_s": state.train_time,
@@ -409,7 +444,11 @@ def _train_step(
     for group in c.lm_optimizer.param_groups:
         group["lr"] = lr
     metrics["lr"] = lr
-    metrics.update(grpo_update(c, config, batch, advantages, step, state.generator))
+    diagnostics = grpo_update(c, config, batch, advantages, step, state.generator)
+    state.lm_updates += diagnostics.pop("lm_steps")
+    state.head_updates += diagnostics.pop("head_steps")
+    metrics.update(diagnostics)
+    metrics.update({"lm_updates": state.lm_updates, "head_updates": state.head_updates})
     metrics.update(c.controller.metrics())
     return metrics, batch, texts, rewards
 

@@ -93,3 +93,15 @@ def approx_kl(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
     """Diagnostic KL(pi_old || pi) with the k3 estimator, token mean (as logged by CleanRL/TRL)."""
     log_ratio = logprobs - old_logprobs
     return aggregate(torch.exp(log_ratio) - 1.0 - log_ratio, mask)
+
+
+def truncated_importance_weights(target_logprobs: Tensor, behaviour_logprobs: Tensor, cap: float) -> Tensor:
+    """Truncated importance sampling (TIS) weights, detached:
+
+        w_t = min(exp(log pi_target(y_t) - log mu(y_t)), C)
+
+    where mu is the distribution the token was sampled from (e.g. EAD's annealed temperature, or an
+    inference engine) and pi_target the policy being optimised (Ionides 2008; Yao et al. 2025 use it for
+    rollout/trainer mismatch; EAD's released code for training the T = 1 policy from annealed samples).
+    """
+    return torch.exp(target_logprobs - behaviour_logprobs).clamp(max=cap).detach()

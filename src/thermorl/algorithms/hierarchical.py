@@ -88,6 +88,36 @@ def hybrid_entropy(u: Tensor, eps: float) -> Tensor:
     return gate_entropy + p * beta_entropy
 
 
+def hybrid_kl(u: Tensor, u0: Tensor, eps: float) -> Tensor:
+    """KL(pi_phi(. | h) || pi_phi0) of the gate + Beta action, from head outputs u and reference outputs u0 (..., 3).
+
+        KL = KL(Bern(p) || Bern(p0)) + p KL(Beta(a, b) || Beta(a0, b0)),
+        KL(Bern(p) || Bern(p0)) = p log(p / p0) + (1 - p) log((1 - p) / (1 - p0)),
+        KL(Beta(a, b) || Beta(a0, b0)) = log B(a0, b0) - log B(a, b) + (a - a0) psi(a) + (b - b0) psi(b)
+                                         + (a0 - a + b0 - b) psi(a + b).
+
+    The carried-over temperature (c = 0) is the same point mass under both policies and adds nothing.
+    """
+    p, alpha, beta = beta_head_parameters(u, eps)
+    p0, alpha0, beta0 = beta_head_parameters(u0, eps)
+    log_p, log_not_p = F.logsigmoid(u[..., 0]), F.logsigmoid(-u[..., 0])
+    gate_kl = p * (log_p - F.logsigmoid(u0[..., 0])) + (1.0 - p) * (log_not_p - F.logsigmoid(-u0[..., 0]))
+    total, total0 = alpha + beta, alpha0 + beta0
+    log_b = torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(total)
+    log_b0 = torch.lgamma(alpha0) + torch.lgamma(beta0) - torch.lgamma(total0)
+    beta_kl = (
+        log_b0 - log_b + (alpha - alpha0) * torch.digamma(alpha) + (beta - beta0) * torch.digamma(beta)
+        + (total0 - total) * torch.digamma(total)
+    )
+    return gate_kl + p * beta_kl
+
+
+def bins_kl(u: Tensor, u0: Tensor) -> Tensor:
+    """KL(pi_phi || pi_phi0) of the categorical head, sum_k p_k (log p_k - log p0_k)."""
+    logp, logp0 = torch.log_softmax(u, dim=-1), torch.log_softmax(u0, dim=-1)
+    return (logp.exp() * (logp - logp0)).sum(-1)
+
+
 def bins_entropy(u: Tensor) -> Tensor:
     """Entropy of the categorical head, -sum_k p_k log p_k."""
     logp = torch.log_softmax(u, dim=-1)
@@ -102,12 +132,16 @@ def temperature_policy_loss(
     epsilon: float,
     entropy: Tensor | None = None,
     entropy_coef: float = 0.0,
+    kl_to_initial: Tensor | None = None,
+    kl_coef: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped temperature-policy loss with the token policy's group advantages, token mean.
 
     rho_t = exp(log pi_phi(tau_t) - log pi_phi_old(tau_t));
-    L = mean_t -min(rho_t A_i, clip(rho_t, 1 - epsilon, 1 + epsilon) A_i) - entropy_coef * mean_t H_t.
-    Returns the loss and detached diagnostics (pg loss, clip fraction, approx KL, entropy).
+    L = mean_t -min(rho_t A_i, clip(rho_t, 1 - epsilon, 1 + epsilon) A_i) - entropy_coef * mean_t H_t
+        + kl_coef * mean_t KL(pi_phi(. | h_t) || pi_phi0)
+    (the last term a trust region to the initial temperature policy, ``hybrid_kl`` / ``bins_kl``).
+    Returns the loss and detached diagnostics (pg loss, clip fraction, approx KL, entropy, KL to pi_phi0).
     """
     pg, clipped = clipped_policy_loss(logprobs, old_logprobs, advantages, epsilon, epsilon)
     pg_loss = aggregate(pg, mask)
@@ -121,4 +155,8 @@ def temperature_policy_loss(
         mean_entropy = aggregate(entropy, mask)
         loss = loss - entropy_coef * mean_entropy
         diagnostics["entropy"] = mean_entropy.detach()
+    if kl_to_initial is not None:
+        mean_kl = aggregate(kl_to_initial, mask)
+        loss = loss + kl_coef * mean_kl
+        diagnostics["kl_initial"] = mean_kl.detach()
     return loss, diagnostics

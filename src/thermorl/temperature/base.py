@@ -47,6 +47,17 @@ class TemperatureController:
 
     name = "base"
     needs_logits_after_update = False  # whether after_update wants the training logits
+    decodes_at_inference = False  # evaluated at its own temperatures too, beside the shared one
+    is_cap: float | None = None  # truncated importance-weight cap when training_temperatures differ from sampling
+
+    def training_temperatures(self, sampled: Tensor) -> Tensor:
+        """Temperatures at which the training ratio scores each token: the sampled ones (returned as is).
+
+        A controller that optimises another policy than the one it samples from (EAD's T = 1 mode)
+        returns those instead; the trainer then recomputes old log-probs there and weights each
+        token by ``truncated_importance_weights`` with ``is_cap``.
+        """
+        return sampled
 
     def start(self, num_rows: int, training_step: int) -> None:
         """Reset per-rollout state (e.g. the previous temperature of each row)."""

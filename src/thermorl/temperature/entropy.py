@@ -29,6 +29,7 @@ def logits_entropy(logits: Tensor) -> Tensor:
 
 class EntropyController(TemperatureController):
     name = "entropy"
+    decodes_at_inference = True  # EDT is a decoding rule
 
     def __init__(self, config: EntropyConfig, env: ControllerEnv) -> None:
         self.config = config

@@ -6,7 +6,10 @@ tau_t = tau_min + z_t (tau_max - tau_min); c_t = 0 keeps tau_{t-1} (tau_init bef
 draw). Bins head (ablation): u in R^K, b_t ~ Categorical(softmax(u)), tau_t = bins[b_t].
 The equations live in ``thermorl.algorithms.hierarchical``; this module samples and trains.
 
-Training is coordinate ascent (LM-only phases, then head-only phases) or joint. The head's
+Training is coordinate ascent: by default (``schedule=alternate``) every step updates the LM with
+the head frozen and then the head with the LM frozen, on the same rollouts, so an introspective
+run makes as many LM updates as any other controller; ``phases`` alternates whole LM-only and
+head-only phases (the LM rests in head phases); ``joint`` trains both from one loss. The head's
 randomness comes from a generator the controller owns, seeded from the run seed and saved
 in checkpoints with the head's weights, so the same seed gives the same temperatures, also
 after a checkpoint round trip or a resumed run.
@@ -24,9 +27,11 @@ from thermorl.algorithms.grpo import aggregate
 from thermorl.algorithms.hierarchical import (
     beta_head_parameters,
     bins_entropy,
+    bins_kl,
     bins_logprob,
     clamp_unit,
     hybrid_entropy,
+    hybrid_kl,
     hybrid_logprob,
     temperature_logprob,
     temperature_policy_loss,
@@ -72,6 +77,7 @@ def initial_output_bias(config: IntrospectiveConfig) -> list[float]:
 
 class IntrospectiveController(TemperatureController):
     name = "introspective"
+    decodes_at_inference = True
 
     def __init__(self, config: IntrospectiveConfig, env: ControllerEnv) -> None:
         self.config = config
@@ -80,6 +86,7 @@ class IntrospectiveController(TemperatureController):
         with torch.no_grad():
             self.head.out.weight.zero_()
             self.head.out.bias.copy_(torch.tensor(initial_output_bias(config)))
+        self.initial_output = torch.tensor(initial_output_bias(config), device=env.device)  # u of pi_phi0
         self.bins = torch.tensor(config.bins, device=env.device)
         self.device = env.device
         self.generator = torch.Generator(device=env.device).manual_seed((env.seed + _SEED_OFFSET) % 2**63)
@@ -91,14 +98,14 @@ class IntrospectiveController(TemperatureController):
         return self.head
 
     def trains_lm(self, training_step: int) -> bool:
-        if self.config.schedule == "joint":
+        if self.config.schedule != "phases":
             return True
         cycle = self.config.lm_phase_steps + self.config.head_phase_steps
         return (training_step - 1) % cycle < self.config.lm_phase_steps
 
     def trains_head(self, training_step: int) -> bool:
-        """Joint mode trains both every step; coordinate ascent trains the head when the LM rests."""
-        return self.config.schedule == "joint" or not self.trains_lm(training_step)
+        """alternate and joint train the head every step; phases train it while the LM rests."""
+        return self.config.schedule != "phases" or not self.trains_lm(training_step)
 
     def start(self, num_rows: int, training_step: int) -> None:
         self.step = training_step
@@ -140,16 +147,21 @@ class IntrospectiveController(TemperatureController):
             metrics["temp_gate_rate"] = aggregate(records["gate"], mask).item()
         if not self.trains_head(training_step):
             return None, metrics
-        h = hidden.detach() if self.config.detach_hidden else hidden
+        # alternate: the head's update sees the LM frozen (the hidden states that sampled the rollout),
+        # so with the LM's own update from the same pass this is the sequential coordinate-ascent step
+        joint = self.config.schedule == "joint" and not self.config.detach_hidden
+        h = hidden if joint else hidden.detach()
         u = self.head(h.to(self.head.out.weight.dtype))
+        u0 = self.initial_output.expand_as(u)
         if self.config.head == "bins":
-            logprobs, entropy = bins_logprob(u, records["bin"]), bins_entropy(u)
+            logprobs, entropy, kl = bins_logprob(u, records["bin"]), bins_entropy(u), bins_kl(u, u0)
         else:
             logprobs = temperature_logprob(u, records["gate"], records["z"], self.config.eps)
             entropy = hybrid_entropy(u, self.config.eps)
+            kl = hybrid_kl(u, u0, self.config.eps)
         loss, diagnostics = temperature_policy_loss(
             logprobs, records["temp_logprob"], advantages, mask, self.config.epsilon, entropy,
-            self.config.entropy_coef,
+            self.config.entropy_coef, kl, self.config.kl_coef,
         )
         metrics.update({f"temp_{name}": value.item() for name, value in diagnostics.items()})
         return loss, metrics
