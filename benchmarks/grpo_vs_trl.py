@@ -56,8 +56,8 @@ def measure(setup: Setup, steps: int = 10, warmup: int = 2, controller: str = "f
 
     from thermorl.config import load_config
     from thermorl.models.policy import Policy
-    from thermorl.resume import LoopState
-    from thermorl.trainer import _train_step, build_components
+    from thermorl.runtime.resume import LoopState
+    from thermorl.runtime.trainer import _train_step, build_components
 
     preset, device = setup.preset, setup.device
     total = warmup + steps

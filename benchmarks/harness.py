@@ -125,7 +125,8 @@ def _random_qwen2(preset: Preset, device: torch.device) -> Policy:
 def _raise_eos(policy: Policy, task: Countdown, preset: Preset) -> None:
     """Give the output layer a frozen bias on EOS so a random model stops after about
     ``preset.mean_length`` tokens (geometric lengths: rows finish at different times)."""
-    from thermorl.rollout import encode_prompts, positions_from_mask
+    from thermorl.engines.base import positions_from_mask
+    from thermorl.engines.hf import encode_prompts
 
     ids, mask = encode_prompts(policy, [p.prompt for p in task.train_problems(random.Random(99), 16)])
     hidden, _ = policy.hidden(ids, mask, positions_from_mask(mask))

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from thermorl.config import load_config
+from thermorl.engines.hf import encode_prompts, sample
 from thermorl.models.policy import load_policy
-from thermorl.rollout import encode_prompts, sample
 from thermorl.tasks import build_task
 from thermorl.temperature import ControllerEnv, StepContext, TemperatureController, build_controller
 

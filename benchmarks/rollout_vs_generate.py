@@ -44,11 +44,11 @@ def new_tokens(completions: torch.Tensor, eos_id: int) -> int:
 
 
 def measure(setup: Setup, repeats: int = 10, warmup: int = 1) -> dict:
-    """Paired new-tokens/s of ``thermorl.rollout.sample`` (introspective) and ``model.generate``."""
+    """Paired new-tokens/s of ``thermorl.engines.hf.sample`` (introspective) and ``model.generate``."""
     from transformers import GenerationConfig
 
     from thermorl.config import load_config
-    from thermorl.rollout import encode_prompts, sample
+    from thermorl.engines.hf import encode_prompts, sample
     from thermorl.temperature import ControllerEnv, build_controller
 
     policy, preset = setup.policy, setup.preset

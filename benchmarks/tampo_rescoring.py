@@ -159,11 +159,12 @@ def measure_time(preset: str = "tiny", device: str = "cpu", dtype: str = "float3
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from thermorl.config import Config, FixedConfig
+    from thermorl.engines.base import RolloutBatch
+    from thermorl.engines.hf import score
     from thermorl.models.policy import Policy
-    from thermorl.rollout import RolloutBatch, score
+    from thermorl.runtime.trainer import Components, grpo_update
     from thermorl.temperature import ControllerEnv
     from thermorl.temperature.fixed import FixedController
-    from thermorl.trainer import Components, grpo_update
 
     shape = PRESETS[preset]
     dev = torch.device(device)

@@ -18,9 +18,9 @@ import torch
 
 from thermorl.algorithms.grpo import group_advantages
 from thermorl.config import load_config
-from thermorl.distributed import gather_batch
-from thermorl.rollout import decode_completions, encode_prompts, sample
-from thermorl.trainer import batch_statistics, build_components, grpo_update, train
+from thermorl.engines.hf import decode_completions, encode_prompts, sample
+from thermorl.runtime.distributed import gather_batch
+from thermorl.runtime.trainer import batch_statistics, build_components, grpo_update, train
 
 HERE = Path(__file__).resolve().parent
 PROMPTS, GROUP = 4, 4

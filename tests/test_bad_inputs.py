@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from conftest import run_cli
+from typer.testing import CliRunner
 
 TINY = [
     "model.path=builtin:random", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
@@ -332,7 +331,7 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path, existing_run, mount_tmpf
 
 
 def test_disk_full_while_resuming_keeps_the_run_resumable(tmp_path, existing_run, mount_tmpfs):
-    from thermorl.checkpoint import list_checkpoints, verify_checkpoint
+    from thermorl.runtime.checkpoint import list_checkpoints, verify_checkpoint
 
     disk = mount_tmpfs("full-disk", "size=4m")
     run = disk / "run"

@@ -8,9 +8,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from thermorl.benchmarks_eval import bootstrap_interval, summarise
 from thermorl.config import ModelConfig, load_config
 from thermorl.models import load_policy
+from thermorl.study.benchmarks_eval import bootstrap_interval, summarise
 
 FAST = ["--k", "2", "--samples", "3", "--problems", "3", "--max-new-tokens", "4"]
 
@@ -67,7 +67,7 @@ def test_benchmark_eval_writes_json_and_markdown_and_resumes(model_dir, tmp_path
 
 
 def test_benchmark_eval_of_a_run_decodes_with_its_learned_controller(tmp_path):
-    from thermorl.trainer import train
+    from thermorl.runtime.trainer import train
 
     run = tmp_path / "run"
     config = load_config(None, [

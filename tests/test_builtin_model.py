@@ -3,8 +3,8 @@
 import json
 
 from thermorl.config import ModelConfig, TaskConfig
-from thermorl.evaluate import greedy_accuracy
 from thermorl.models import BUILTIN_DIR, load_policy
+from thermorl.study.evaluate import greedy_accuracy
 from thermorl.tasks import build_task
 
 

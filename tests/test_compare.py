@@ -6,8 +6,8 @@ import math
 import pytest
 from conftest import run_cli
 
-from thermorl import compare as study
 from thermorl.errors import ThermoRLError
+from thermorl.study import compare as study
 
 
 def test_parse_arms_reads_fixed_temperatures_and_controller_names():

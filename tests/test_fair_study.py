@@ -9,17 +9,17 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import run_cli
 from torch.distributions import Bernoulli, Beta, kl_divergence
 
-from conftest import run_cli
-from thermorl import compare as study
 from thermorl.algorithms.grpo import aggregate, truncated_importance_weights
 from thermorl.algorithms.hierarchical import beta_head_parameters, bins_kl, hybrid_kl
 from thermorl.config import load_config
+from thermorl.engines.hf import encode_prompts, sample, score
 from thermorl.errors import ConfigError, ThermoRLError
-from thermorl.rollout import encode_prompts, sample, score
+from thermorl.runtime.trainer import build_components, evaluate_policy, grpo_update
+from thermorl.study import compare as study
 from thermorl.temperature import CONTROLLERS
-from thermorl.trainer import build_components, evaluate_policy, grpo_update
 
 TINY = ["model.path=builtin:random", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
         "task.eval_size=20", "train.eval_avg_problems=6", "train.eval_avg_k=2", "rollout.max_new_tokens=10",

@@ -3,7 +3,7 @@
 import json
 
 from thermorl.config import load_config
-from thermorl.trainer import train
+from thermorl.runtime.trainer import train
 
 
 def test_short_run_from_the_warm_start_increases_reward(tmp_path):

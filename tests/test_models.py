@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from thermorl.config import ModelConfig, load_config
+from thermorl.engines.hf import encode_prompts, sample, score
 from thermorl.errors import ModelLoadError
 from thermorl.models import load_policy
-from thermorl.rollout import encode_prompts, sample, score
 from thermorl.temperature import ControllerEnv, build_controller
 
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "device": "cpu"}
@@ -96,7 +96,7 @@ def test_a_lora_run_resumes_from_its_adapter_checkpoint_exactly(base_dir, tmp_pa
     import json
     import shutil
 
-    from thermorl.trainer import train
+    from thermorl.runtime.trainer import train
 
     user_rewards = Path(__file__).resolve().parent / "user_rewards.py"
     config = load_config(None, [

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 STEPS = 12
@@ -124,7 +123,7 @@ def test_resumed_run_ends_with_identical_weights_optimizer_and_rng_state(runs):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(runs):
-    from thermorl.checkpoint import list_checkpoints, verify_checkpoint
+    from thermorl.runtime.checkpoint import list_checkpoints, verify_checkpoint
 
     assert runs["interrupted_returncode"] == 130
     stderr = runs["interrupted_stderr"]

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from thermorl import rewards
 from thermorl.errors import RewardError
-from thermorl.evaluate import pass_at_k
 from thermorl.rewards import TaskReward, check_rewards, extract_boxed, math_verify_reward
+from thermorl.rewards import functions as rewards
+from thermorl.study.evaluate import pass_at_k
 from thermorl.tasks.base import Problem
 from thermorl.tasks.math_data import load_math_rows
 

@@ -3,7 +3,7 @@
 import torch
 
 from thermorl.config import EntropyConfig, FixedConfig
-from thermorl.rollout import decode_completions, encode_prompts, sample, score
+from thermorl.engines.hf import decode_completions, encode_prompts, sample, score
 from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureController
 from thermorl.temperature.entropy import EntropyController
 from thermorl.temperature.fixed import FixedController

@@ -13,14 +13,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from thermorl import checkpoint as ckpt
 from thermorl.config import load_config
+from thermorl.engines.hf import encode_prompts, sample, score
 from thermorl.errors import NonFiniteError, RewardError, TrainingDivergedError
-from thermorl.reward_guard import RewardGuard, RewardTimeout, call_with_timeout
-from thermorl.rollout import encode_prompts, sample, score
+from thermorl.rewards.guard import RewardGuard, RewardTimeout, call_with_timeout
+from thermorl.runtime import checkpoint as ckpt
+from thermorl.runtime.trainer import build_components, grpo_update, train
 from thermorl.temperature import CONTROLLERS
 from thermorl.temperature.base import TemperatureController, full
-from thermorl.trainer import build_components, grpo_update, train
 
 USER_REWARDS = Path(__file__).resolve().parent / "user_rewards.py"
 TINY = [

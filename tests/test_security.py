@@ -4,7 +4,7 @@ The scan reads the syntax tree (comments, docstrings and data files cannot trip 
 pickle-family imports, ``torch.load`` without ``weights_only=True``, ``numpy.load(allow_pickle=True)``,
 ``eval``/``exec``/``compile``/``__import__``, unsafe YAML loaders, ``trust_remote_code=True``,
 ``shell=True`` and ``os.system``/``os.popen``. Dynamic imports are allowed only in
-``thermorl/rewards.py``, whose loader takes the one ``module:function`` the user wrote in
+``thermorl/rewards/functions.py``, whose loader takes the one ``module:function`` the user wrote in
 ``task.reward``.
 """
 
@@ -20,7 +20,7 @@ PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "shelve
 BUILTINS_THAT_RUN_CODE = {"eval", "exec", "compile", "__import__"}
 UNSAFE_YAML = {"load", "unsafe_load", "full_load", "load_all", "unsafe_load_all", "full_load_all"}
 DYNAMIC_IMPORTS = {"import_module", "exec_module", "spec_from_file_location", "run_path", "run_module"}
-REWARD_LOADER = SRC / "rewards.py"
+REWARD_LOADER = SRC / "rewards" / "functions.py"
 
 
 def _keyword(call: ast.Call, name: str) -> ast.expr | None:
@@ -67,7 +67,7 @@ def findings(path: Path) -> list[str]:
             if _is_true(_keyword(node, "trust_remote_code")):
                 report(node, "trust_remote_code=True")
             if isinstance(func, ast.Attribute) and func.attr in DYNAMIC_IMPORTS and path != REWARD_LOADER:
-                report(node, f"dynamic import {name} outside thermorl/rewards.py")
+                report(node, f"dynamic import {name} outside thermorl/rewards/functions.py")
     return found
 
 
@@ -85,7 +85,7 @@ def test_the_scan_catches_what_it_looks_for(tmp_path):
     for expected in ["import pickle", "torch.load without", "eval(", "exec(", "yaml.load", "os.system",
                      "__import__(", "trust_remote_code", "dynamic import importlib.import_module"]:
         assert expected in kinds, expected
-    assert findings(SRC / "config.py") == []
+    assert findings(SRC / "config" / "loader.py") == []
 
 
 @pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))

@@ -56,10 +56,10 @@ def gguf_policy(threads, timings):
 
 
 def test_a_evaluates_16_gsm8k_problems_with_the_chat_template(gguf_policy, timings, tmp_path):
-    from thermorl.benchmarks_eval import BenchmarkSettings, evaluate_benchmarks
     from thermorl.config import load_config
+    from thermorl.engines.hf import encode_prompts
     from thermorl.rewards import TaskReward, math_verify_reward
-    from thermorl.rollout import encode_prompts
+    from thermorl.study.benchmarks_eval import BenchmarkSettings, evaluate_benchmarks
     from thermorl.temperature import ControllerEnv, build_controller
 
     prompt_ids, _ = encode_prompts(gguf_policy, ["What is 2+3?"])
@@ -85,8 +85,8 @@ def test_b_c_two_introspective_grpo_steps_then_reload_the_checkpoint(gguf_policy
     from safetensors.torch import load_file
 
     from thermorl.config import load_config
-    from thermorl.rollout import encode_prompts
-    from thermorl.trainer import load_for_eval, train
+    from thermorl.engines.hf import encode_prompts
+    from thermorl.runtime.trainer import load_for_eval, train
 
     run = tmp_path / "run"
     dense = tmp_path / "dense_reward.py"  # 2 prompts x 2 samples of a 135M model: math rewards are all 0

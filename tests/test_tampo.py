@@ -13,9 +13,9 @@ from thermorl.algorithms.tampo import (
     tampo_outer_update,
     top_p_candidates,
 )
-from thermorl.checkpoint import split_state
 from thermorl.config import TampoConfig
 from thermorl.errors import ConfigError
+from thermorl.runtime.checkpoint import split_state
 from thermorl.temperature.base import ControllerEnv, StepContext
 from thermorl.temperature.tampo import TampoController
 

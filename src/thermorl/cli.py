@@ -89,8 +89,8 @@ def train(
         if resume is not None:
             config = _resume_config(resume, config, out)
         cfg = load_config(config, extra)
-        from thermorl.distributed import is_main_process
-        from thermorl.trainer import train as run_training  # heavy imports only once the config is valid
+        from thermorl.runtime.distributed import is_main_process
+        from thermorl.runtime.trainer import train as run_training  # heavy imports only once the config is valid
 
         run_dir = resume or out or _default_out(cfg.temperature.controller)
         progress = TrainProgress(cfg.log.progress and is_main_process())  # one bar under accelerate launch
@@ -134,7 +134,7 @@ def pretrain(
 
     Uses the config's task and model sections, and train.threads."""
     from thermorl.config import load_config
-    from thermorl.pretrain import pretrain as run_pretrain
+    from thermorl.runtime.pretrain import pretrain as run_pretrain
 
     try:
         cfg = load_config(config, list(overrides))
@@ -182,8 +182,8 @@ def evaluate(
     import torch
 
     from thermorl.config import load_config
-    from thermorl.evaluate import greedy_accuracy, sampled_metrics
-    from thermorl.trainer import load_for_eval
+    from thermorl.runtime.trainer import load_for_eval
+    from thermorl.study.evaluate import greedy_accuracy, sampled_metrics
 
     if benchmarks is not None:
         _evaluate_benchmarks(checkpoint, model, benchmarks, k, samples, problems, seed, max_new_tokens, batch_size,
@@ -224,9 +224,9 @@ def generate(
     from rich.text import Text
 
     from thermorl.config import load_config
-    from thermorl.interpret import colour_range, temperature_colour
-    from thermorl.rollout import decode_completions, encode_prompts, sample
-    from thermorl.trainer import load_for_eval
+    from thermorl.engines.hf import decode_completions, encode_prompts, sample
+    from thermorl.reports.interpret import colour_range, temperature_colour
+    from thermorl.runtime.trainer import load_for_eval
 
     try:
         run_config, model_dir = _resolve_checkpoint(checkpoint)
@@ -269,7 +269,7 @@ def _evaluate_benchmarks(
     problems: Optional[int], seed: int, max_new_tokens: Optional[int], batch_size: int, out: Optional[Path],
     overrides: list[str],
 ) -> None:
-    from thermorl.benchmarks_eval import run_benchmark_eval
+    from thermorl.study.benchmarks_eval import run_benchmark_eval
 
     if (checkpoint is None) == (model is None):
         fail("give exactly one of --checkpoint and --model")
@@ -286,7 +286,7 @@ def _evaluate_benchmarks(
 
 def _resolve_checkpoint(path: Path) -> tuple[Optional[Path], Optional[Path]]:
     """(run config.yaml or None, model directory) for a run dir, a checkpoint dir or a model dir."""
-    from thermorl.checkpoint import list_checkpoints
+    from thermorl.runtime.checkpoint import list_checkpoints
 
     if not path.exists():
         raise ThermoRLError(f"checkpoint {path} does not exist")
@@ -338,8 +338,8 @@ def compare(
     """
     import os
 
-    from thermorl import compare as study
     from thermorl.config import load_config
+    from thermorl.study import compare as study
 
     try:
         arms = study.parse_arms(controllers)

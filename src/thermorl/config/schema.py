@@ -1,9 +1,4 @@
-"""Typed configuration: one dataclass per concern, every field documented.
-
-A run is described by :class:`Config`. It loads from YAML, accepts dotted
-``--set section.field=value`` overrides, and is validated on load: unknown
-keys, wrong types and out-of-range values raise :class:`ConfigError` whose
-message names the offending field (``rollout.group_size must be >= 2, got 1``).
+"""The configuration sections: one dataclass per concern, every field documented and validated.
 
 Each part of the system receives only its own section (the sampler gets a
 ``RolloutConfig``, a controller its own ``*Config``), never the whole tree.
@@ -12,14 +7,10 @@ Each part of the system receives only its own section (the sampler gets a
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from thermorl.config.loader import walk_sections
 from thermorl.errors import ConfigError
 
 MAX_TASK_NUMBER = 9999  # the synthetic tasks' answer parser reads numbers of at most 4 digits
@@ -418,145 +409,13 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
     def validate(self) -> "Config":
-        for section in list(_walk(self))[1:]:
+        for section in list(walk_sections(self))[1:]:
             if hasattr(section, "validate"):
                 section.validate()
         return self
 
 
-# --------------------------------------------------------------------------- load / dump
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a validated Config from an optional YAML file and ``a.b=value`` overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"cannot read config file {path}: {err}") from None
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like section.field=value")
-        try:
-            parsed = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            parsed = value
-        _set_dotted(raw, key.strip(), parsed)
-    return from_dict(Config, raw).validate()
-
-
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from a nested dict, type-checking every field."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in known:
-            shown = key if str(key).isprintable() else repr(key)  # the message stays one line
-            raise ConfigError(f"unknown config key {prefix}{shown} (known: {', '.join(sorted(known))})")
-    kwargs = {key: _coerce(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
-    return cls(**kwargs)
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
-
-
-def dump_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
-
-
-def field_help(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any]]:
-    """(dotted name, help, default) for every leaf field: the source of ``thermorl config``."""
-    rows = []
-    instance = cls()
-    for f in dataclasses.fields(cls):
-        value = getattr(instance, f.name)
-        if dataclasses.is_dataclass(value):
-            rows.extend(field_help(type(value), f"{prefix}{f.name}."))
-        else:
-            rows.append((f"{prefix}{f.name}", f.metadata.get("help", ""), value))
-    return rows
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _coerce(hint: Any, value: Any, name: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value if value is not None else {}, f"{name}.")
-    if origin is typing.Union or origin is types.UnionType:
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, name)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{name} must be one of {', '.join(map(repr, args))}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{name} must be a list, got {value!r}")
-        return [_coerce(args[0], v, f"{name}[{i}]") for i, v in enumerate(value)]
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # PyYAML reads 3e-5 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
-        if isinstance(value, int) and abs(value) > 2**1023:  # float() would overflow
-            raise ConfigError(f"{name} must be finite, got an integer of {len(str(abs(value)))} digits")
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{name} must be finite, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name} must be a string, got {value!r}")
-        return value
-    raise ConfigError(f"{name}: unsupported type {hint}")  # pragma: no cover - a bug in this module
-
-
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {key}: {part} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def _walk(obj: Any):
-    yield obj
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            yield from _walk(value)
+# --------------------------------------------------------------------------- validation helpers
 
 
 def _section_name(obj: Any) -> str:

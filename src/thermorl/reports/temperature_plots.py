@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from thermorl.config import TemperatureConfig  # noqa: E402
-from thermorl.tracking import read_metrics  # noqa: E402
+from thermorl.runtime.tracking import read_metrics  # noqa: E402
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from thermorl.tracking import read_metrics  # noqa: E402
+from thermorl.runtime.tracking import read_metrics  # noqa: E402
 
 PANELS = [
     ("reward_mean", "training reward (mean of batch)"),

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from thermorl import checkpoint as ckpt
 from thermorl.config import Config, dump_config
 from thermorl.errors import CheckpointError, ThermoRLError
-from thermorl.tracking import truncate_jsonl
+from thermorl.runtime import checkpoint as ckpt
+from thermorl.runtime.tracking import truncate_jsonl
 
 if TYPE_CHECKING:
-    from thermorl.trainer import Components
+    from thermorl.runtime.trainer import Components
 
 log = logging.getLogger(__name__)
 

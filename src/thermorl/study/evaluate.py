@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import torch
 
+from thermorl.engines.base import TEMPERATURE_RANGE, RolloutBatch
+from thermorl.engines.hf import decode_completions, encode_prompts, sample
 from thermorl.models.policy import Policy
-from thermorl.rollout import TEMPERATURE_RANGE, RolloutBatch, decode_completions, encode_prompts, sample
 from thermorl.tasks.base import Problem, Task
 from thermorl.temperature.base import TemperatureController
 from thermorl.temperature.fixed import FixedController

@@ -27,9 +27,9 @@ import torch
 
 from thermorl.config import TaskConfig
 from thermorl.errors import ThermoRLError
-from thermorl.evaluate import pass_at_k, score_problems
 from thermorl.models.policy import Policy
-from thermorl.reward_guard import RewardGuard
+from thermorl.rewards.guard import RewardGuard
+from thermorl.study.evaluate import pass_at_k, score_problems
 from thermorl.tasks.base import Problem
 from thermorl.tasks.math import MathTask, math_problem
 from thermorl.tasks.math_data import load_math_rows
@@ -210,7 +210,7 @@ def run_benchmark_eval(
 
     from thermorl.config import load_config
     from thermorl.rewards import TaskReward, load_reward_function, math_verify_reward
-    from thermorl.trainer import load_for_eval
+    from thermorl.runtime.trainer import load_for_eval
 
     cfg = load_config(run_config, overrides)
     cfg.model.path = model_path

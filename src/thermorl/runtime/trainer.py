@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 
-from thermorl import checkpoint as ckpt
 from thermorl.algorithms.grpo import (
     aggregate,
     approx_kl,
@@ -43,17 +42,19 @@ from thermorl.algorithms.grpo import (
 )
 from thermorl.algorithms.schedule import lr_factor
 from thermorl.config import Config, FixedConfig, dump_config
-from thermorl.distributed import Distributed, gather_batch, setup_distributed
+from thermorl.engines.base import RolloutBatch
+from thermorl.engines.hf import decode_completions, encode_prompts, sample, score
 from thermorl.errors import ModelLoadError, NonFiniteError, ThermoRLError, TrainingDivergedError
-from thermorl.evaluate import greedy_accuracy, sampled_metrics
 from thermorl.models.policy import Policy, load_policy
-from thermorl.resume import GracefulStop, LoopState, find_resume_point, restore, rewind_run_dir
-from thermorl.reward_guard import RewardGuard
-from thermorl.rollout import RolloutBatch, decode_completions, encode_prompts, sample, score
+from thermorl.rewards.guard import RewardGuard
+from thermorl.runtime import checkpoint as ckpt
+from thermorl.runtime.distributed import Distributed, gather_batch, setup_distributed
+from thermorl.runtime.resume import GracefulStop, LoopState, find_resume_point, restore, rewind_run_dir
+from thermorl.runtime.tracking import RunLogger
+from thermorl.study.evaluate import greedy_accuracy, sampled_metrics
 from thermorl.tasks import Task, build_task
 from thermorl.temperature import ControllerEnv, TemperatureController, build_controller
 from thermorl.temperature.fixed import FixedController
-from thermorl.tracking import RunLogger
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def grpo_update(
         for index in order.chunk(algo.num_minibatches):
             mb = batch.select(index)
             mask = mb.completion_mask
-            share = c.dist.token_share(mask)  # 1.0 in one process; see thermorl.distributed
+            share = c.dist.token_share(mask)  # 1.0 in one process; see thermorl.runtime.distributed
             with torch.set_grad_enabled(trains_lm):
                 scored = score(c.policy, mb)
             metrics: dict[str, float] = {}
@@ -408,9 +409,9 @@ def _train_loop(
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if config.log.plot:
-        from thermorl.interpret import write_temperature_report
-        from thermorl.plots import plot_curves
-        from thermorl.temperature_plots import plot_run_temperatures
+        from thermorl.reports.interpret import write_temperature_report
+        from thermorl.reports.plots import plot_curves
+        from thermorl.reports.temperature_plots import plot_run_temperatures
 
         plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png", f"{config.temperature.controller}, seed {seed}")
         plot_run_temperatures(out_dir, config.temperature)

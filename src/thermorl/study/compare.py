@@ -28,10 +28,10 @@ from pathlib import Path
 import yaml
 from scipy import stats
 
-from thermorl.checkpoint import list_checkpoints
 from thermorl.config import load_config
 from thermorl.errors import ConfigError, ThermoRLError
-from thermorl.tracking import read_metrics
+from thermorl.runtime.checkpoint import list_checkpoints
+from thermorl.runtime.tracking import read_metrics
 
 CONTROLLERS = ("fixed", "linear", "ead", "entropy", "tampo", "introspective")
 METRICS = (  # summary.json key, column title ({k}: train.eval_avg_k, {t}: train.eval_temperature of the runs)

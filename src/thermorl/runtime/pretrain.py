@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from thermorl.config import ModelConfig, TaskConfig
-from thermorl.evaluate import greedy_accuracy
+from thermorl.engines.base import positions_from_mask
 from thermorl.models.policy import Policy, load_policy
-from thermorl.rollout import positions_from_mask
+from thermorl.study.evaluate import greedy_accuracy
 from thermorl.tasks import build_task
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from thermorl.errors import RewardError
-from thermorl.reward_guard import RewardTimeout, call_with_timeout
+from thermorl.rewards.guard import RewardTimeout, call_with_timeout
 
 RewardFunction = Callable[..., list[float]]
 

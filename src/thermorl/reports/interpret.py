@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from thermorl.engines.hf import decode_completions, encode_prompts, sample  # noqa: E402
 from thermorl.models.policy import Policy  # noqa: E402
-from thermorl.rollout import decode_completions, encode_prompts, sample  # noqa: E402
 from thermorl.tasks.base import Task  # noqa: E402
 from thermorl.temperature.base import StepContext, TemperatureController  # noqa: E402
 from thermorl.temperature.entropy import logits_entropy  # noqa: E402

@@ -1,0 +1,1 @@
+"""Rollout engines: sample completions with per-token temperatures (``hf``: the KV-cache sampler)."""

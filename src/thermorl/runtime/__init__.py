@@ -1,0 +1,1 @@
+"""The run machinery: the training loop, checkpoints, resume, tracking, data-parallel setup, warm-start pretraining."""
