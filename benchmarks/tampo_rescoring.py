@@ -160,7 +160,7 @@ def measure_time(preset: str = "tiny", device: str = "cpu", dtype: str = "float3
 
     from thermorl.config import Config, FixedConfig
     from thermorl.engines.base import RolloutBatch
-    from thermorl.engines.hf import score
+    from thermorl.engines.hf import HFEngine, score
     from thermorl.models.policy import Policy
     from thermorl.runtime.trainer import Components, grpo_update
     from thermorl.temperature import ControllerEnv
@@ -181,13 +181,15 @@ def measure_time(preset: str = "tiny", device: str = "cpu", dtype: str = "float3
     prompt_ids = torch.randint(3, shape["vocab"], (rows, prompt), device=dev)
     completion_ids = torch.randint(3, shape["vocab"], (rows, completion), device=dev)
     ones = torch.ones(rows, completion, device=dev)  # mask, temperatures, placeholder log-probs and entropies
-    batch = RolloutBatch(prompt_ids, torch.ones_like(prompt_ids), completion_ids, ones, ones, ones, ones)
+    group_ids = torch.arange(rows, device=dev)
+    batch = RolloutBatch(prompt_ids, torch.ones_like(prompt_ids), completion_ids, ones, ones, ones, ones, group_ids)
     with torch.no_grad():
         batch.logprobs = score(policy, batch).logprobs  # pi_old = the current policy
     advantages = torch.randn(rows, device=dev)
     config = Config()
     controller = FixedController(FixedConfig(), ControllerEnv(shape["hidden"], 1, dev))
-    components = Components(policy, None, None, controller, torch.optim.AdamW(model.parameters(), lr=1e-6), None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    components = Components(policy, None, None, controller, optimizer, None, HFEngine(policy, config.rollout))
     generator = torch.Generator().manual_seed(0)
     update_s = _timed(lambda: grpo_update(components, config, batch, advantages, 1, generator), dev, repeats)
 

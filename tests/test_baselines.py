@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from thermorl.config import EADConfig, EntropyConfig, FixedConfig, LinearConfig
-from thermorl.temperature.base import ControllerEnv, StepContext
+from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions
 from thermorl.temperature.ead import EADController, ead_temperature
 from thermorl.temperature.entropy import EntropyController, edt_temperature
 from thermorl.temperature.fixed import FixedController
@@ -31,7 +31,7 @@ def context(logits, position=0):
 
 def test_fixed_uses_its_temperature_for_every_row():
     tau, records = FixedController(FixedConfig(temperature=0.7), ENV).choose(context(torch.zeros(3, 5)))
-    assert torch.allclose(tau, torch.full((3,), 0.7)) and records == {}
+    assert torch.allclose(tau, torch.full((3,), 0.7)) and records == TemperatureActions()
 
 
 def test_linear_schedule_hits_start_at_the_first_step_and_end_at_the_last():

@@ -2,7 +2,8 @@
 
 import json
 
-from thermorl.config import ModelConfig, TaskConfig
+from thermorl.config import ModelConfig, RolloutConfig, TaskConfig
+from thermorl.engines import build_engine
 from thermorl.models import BUILTIN_DIR, load_policy
 from thermorl.study.evaluate import greedy_accuracy
 from thermorl.tasks import build_task
@@ -24,7 +25,7 @@ def test_shipped_checkpoint_is_small_safetensors():
 def test_shipped_checkpoint_scores_in_the_useful_range():
     policy = load_policy(ModelConfig(path="builtin"))
     task = build_task(TaskConfig())
-    accuracy = greedy_accuracy(policy, task, task.eval_problems(), max_new_tokens=24)
+    accuracy = greedy_accuracy(build_engine(RolloutConfig(max_new_tokens=24), policy), task, task.eval_problems())
     # the default task's full held-out split (1000 problems), greedy
     assert 0.10 <= accuracy <= 0.50, accuracy
     assert abs(accuracy - json.loads((BUILTIN_DIR / "pretrain.json").read_text())["eval_accuracy"]) < 0.02

@@ -134,7 +134,7 @@ def test_kl_coef_adds_the_trust_region_to_the_head_loss():
         prompt_ids, prompt_mask = encode_prompts(c.policy, ["3,7,2>8:"] * 4)
         batch = sample(c.policy, c.controller, prompt_ids, prompt_mask, 8, torch.Generator().manual_seed(2))
         scored = score(c.policy, batch)
-        loss, metrics = c.controller.policy_loss(scored.hidden, batch.records, torch.zeros(4), batch.completion_mask, 1)
+        loss, metrics = c.controller.policy_loss(scored.hidden, batch.actions, torch.zeros(4), batch.completion_mask, 1)
         losses[coef] = (loss.item(), metrics["temp_kl_initial"])
     kl = losses[0.0][1]
     assert kl > 0

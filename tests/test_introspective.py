@@ -58,13 +58,13 @@ def test_recorded_head_logprob_equals_torch_distributions():
     tau, records = controller.choose(StepContext(torch.zeros(256, 5), hidden, 0, torch.arange(256), 1))
     u = controller.head(hidden).detach()
     alpha, beta = torch.nn.functional.softplus(u[:, 1:]).unbind(-1)
-    gate = records["gate"]
+    gate = records.gate
     assert 0 < gate.mean() < 1  # both branches are exercised
     fired = gate > 0
     expected = Bernoulli(logits=u[:, 0]).log_prob(gate)
-    expected[fired] += Beta(alpha[fired] + 1e-3, beta[fired] + 1e-3).log_prob(records["z"][fired])
-    torch.testing.assert_close(records["temp_logprob"], expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(tau[fired], 0.1 + records["z"][fired] * 1.4)
+    expected[fired] += Beta(alpha[fired] + 1e-3, beta[fired] + 1e-3).log_prob(records.z[fired])
+    torch.testing.assert_close(records.logprob, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tau[fired], 0.1 + records.z[fired] * 1.4)
 
     p = torch.sigmoid(u[:, 0])
     entropy = Bernoulli(probs=p).entropy() + p * Beta(alpha + 1e-3, beta + 1e-3).entropy()
@@ -78,8 +78,8 @@ def test_bins_head_logprob_equals_categorical():
     controller.start(128, training_step=1)
     tau, records = controller.choose(StepContext(torch.zeros(128, 5), hidden, 0, torch.arange(128), 1))
     u = controller.head(hidden).detach()
-    torch.testing.assert_close(records["temp_logprob"], Categorical(logits=u).log_prob(records["bin"]))
-    torch.testing.assert_close(tau, torch.tensor([0.3, 0.8, 1.2])[records["bin"]])
+    torch.testing.assert_close(records.logprob, Categorical(logits=u).log_prob(records.bin))
+    torch.testing.assert_close(tau, torch.tensor([0.3, 0.8, 1.2])[records.bin])
     torch.testing.assert_close(bins_entropy(u), Categorical(logits=u).entropy())
 
 
@@ -88,11 +88,10 @@ def test_gate_zero_keeps_the_previous_temperature(components):
     controller = _controller(tau_init=0.7, gate_init=0.3)
     _randomise_head(controller, seed=5)
     batch = _sample(c.policy, controller)
-    mask, gate = batch.completion_mask > 0, batch.records["gate"]
+    mask, gate = batch.completion_mask > 0, batch.actions.gate
     kept = mask & (gate == 0)
     assert kept.any() and (mask & (gate == 1)).any()
     previous = torch.cat([torch.full_like(batch.temperatures[:, :1], 0.7), batch.temperatures[:, :-1]], dim=1)
-    torch.testing.assert_close(batch.records["prev_temperature"][mask], previous[mask])
     torch.testing.assert_close(batch.temperatures[kept], previous[kept])
     assert ((batch.temperatures[mask] >= 0.1) & (batch.temperatures[mask] <= 1.5)).all()
 
@@ -104,7 +103,7 @@ def test_never_firing_gate_samples_at_tau_init(components):
         controller.head.out.bias[0] = -60.0  # P(gate) = sigmoid(-60): never fires
     batch = _sample(c.policy, controller)
     mask = batch.completion_mask > 0
-    assert (batch.records["gate"][mask] == 0).all()
+    assert (batch.actions.gate[mask] == 0).all()
     assert torch.allclose(batch.temperatures[mask], torch.tensor(0.55))
 
 
@@ -117,9 +116,9 @@ def test_training_forward_reproduces_the_recorded_head_logprob(components):
     with torch.no_grad():
         hidden = score(c.policy, batch).hidden
         u = controller.head(hidden)
-    recomputed = temperature_logprob(u, batch.records["gate"], batch.records["z"], 1e-3)
+    recomputed = temperature_logprob(u, batch.actions.gate, batch.actions.z, 1e-3)
     mask = batch.completion_mask > 0
-    torch.testing.assert_close(recomputed[mask], batch.records["temp_logprob"][mask], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(recomputed[mask], batch.actions.logprob[mask], rtol=1e-4, atol=1e-4)
 
 
 def _parameters(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -170,7 +169,7 @@ def test_detach_hidden_decides_whether_head_gradients_reach_the_lm(components, d
     c.policy.model.zero_grad(set_to_none=True)
     scored = score(c.policy, batch)
     advantages = torch.randn(len(batch), generator=torch.Generator().manual_seed(9))
-    loss, _ = controller.policy_loss(scored.hidden, batch.records, advantages, batch.completion_mask, 1)
+    loss, _ = controller.policy_loss(scored.hidden, batch.actions, advantages, batch.completion_mask, 1)
     loss.backward()
     lm_grads = [p.grad for p in c.policy.model.parameters() if p.grad is not None]
     assert any(g.abs().sum() > 0 for g in lm_grads) is (not detach)

@@ -46,7 +46,7 @@ def test_lora_trains_adapters_only_and_the_temperature_head_fully(base_dir):
     batch = _batch(policy, controller)
     scored = score(policy, batch)
     head_loss, _ = controller.policy_loss(
-        scored.hidden, batch.records, torch.tensor([1.0, -1.0, 0.5, -0.5]), batch.completion_mask, 1
+        scored.hidden, batch.actions, torch.tensor([1.0, -1.0, 0.5, -0.5]), batch.completion_mask, 1
     )
     (scored.logprobs.sum() + head_loss).backward()
     assert all(p.requires_grad and p.grad is not None for p in controller.module.parameters())

@@ -4,7 +4,7 @@ import torch
 
 from thermorl.config import EntropyConfig, FixedConfig
 from thermorl.engines.hf import decode_completions, encode_prompts, sample, score
-from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureController
+from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController
 from thermorl.temperature.entropy import EntropyController
 from thermorl.temperature.fixed import FixedController
 
@@ -14,7 +14,7 @@ class PositionAndRowTemperature(TemperatureController):
 
     def choose(self, ctx: StepContext):
         tau = 0.4 + 0.05 * ctx.position + 0.01 * ctx.rows.float()
-        return tau, {"row": ctx.rows.float()}
+        return tau, TemperatureActions(logprob=ctx.rows.float())  # the row index, to check alignment
 
 
 def _prompts(policy, n=12):
@@ -64,7 +64,7 @@ def test_records_are_aligned_with_rows(tiny_policy):
     batch = sample(tiny_policy, PositionAndRowTemperature(), ids, mask, 8, torch.Generator().manual_seed(1))
     rows = torch.arange(6).float().unsqueeze(1).expand(-1, 8)
     valid = batch.completion_mask.bool()
-    assert torch.equal(batch.records["row"][valid], rows[valid])
+    assert torch.equal(batch.actions.logprob[valid], rows[valid])
 
 
 def test_finished_rows_stop_and_are_padded(tiny_policy):

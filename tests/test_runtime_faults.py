@@ -20,7 +20,7 @@ from thermorl.rewards.guard import RewardGuard, RewardTimeout, call_with_timeout
 from thermorl.runtime import checkpoint as ckpt
 from thermorl.runtime.trainer import build_components, grpo_update, train
 from thermorl.temperature import CONTROLLERS
-from thermorl.temperature.base import TemperatureController, full
+from thermorl.temperature.base import TemperatureActions, TemperatureController, full
 
 USER_REWARDS = Path(__file__).resolve().parent / "user_rewards.py"
 TINY = [
@@ -67,9 +67,9 @@ class Chaos(TemperatureController):
 
     def choose(self, ctx):
         tau = full(ctx, self.temperature)
-        return (tau * float("nan") if self.step in self.nan_temperature_steps else tau), {}
+        return (tau * float("nan") if self.step in self.nan_temperature_steps else tau), TemperatureActions()
 
-    def policy_loss(self, hidden, records, advantages, mask, training_step):
+    def policy_loss(self, hidden, actions, advantages, mask, training_step):
         loss = self.head.weight.sum() * 0.0
         return (loss * float("nan") if training_step in self.nan_loss_steps else loss), {}
 

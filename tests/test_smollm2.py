@@ -72,7 +72,7 @@ def test_a_evaluates_16_gsm8k_problems_with_the_chat_template(gguf_policy, timin
     settings = BenchmarkSettings("SmolLM2-135M-Instruct", "fixed", 1, 1, 256, 0, 16)
     started = time.time()
     results = evaluate_benchmarks(
-        gguf_policy, controller, reward, ["gsm8k_test"], config.task, settings, tmp_path, batch_rows=16
+        gguf_policy, controller, reward, ["gsm8k_test"], config.task, settings, tmp_path, config.rollout, batch_rows=16
     )
     timings["eval_16_gsm8k_256_tokens"] = time.time() - started
     entry = results["benchmarks"]["gsm8k_test"]

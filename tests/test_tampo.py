@@ -16,7 +16,7 @@ from thermorl.algorithms.tampo import (
 from thermorl.config import TampoConfig
 from thermorl.errors import ConfigError
 from thermorl.runtime.checkpoint import split_state
-from thermorl.temperature.base import ControllerEnv, StepContext
+from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions
 from thermorl.temperature.tampo import TampoController
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def test_one_temperature_per_batch_from_the_candidates():
     controller = make_controller()
     controller.start(12, training_step=1)
     tau, records = controller.choose(context(range(12)))
-    assert records == {}
+    assert records == TemperatureActions()
     assert len(set(tau.tolist())) == 1
     assert round(tau[0].item(), 4) in TampoConfig().candidates
     assert torch.equal(controller.choose(context([3, 7]))[0], tau[[3, 7]])  # finished rows dropped

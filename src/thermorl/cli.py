@@ -182,6 +182,7 @@ def evaluate(
     import torch
 
     from thermorl.config import load_config
+    from thermorl.engines import build_engine
     from thermorl.runtime.trainer import load_for_eval
     from thermorl.study.evaluate import greedy_accuracy, sampled_metrics
 
@@ -195,13 +196,11 @@ def evaluate(
         run_config, model_dir = _resolve_checkpoint(checkpoint)
         cfg = load_config(run_config, [f"model.path={model_dir}"] if model_dir else [])
         policy, task, controller = load_for_eval(cfg)
+        engine = build_engine(cfg.rollout, policy)
         selected = task.eval_problems()[:problems]
         generator = torch.Generator(device=policy.device).manual_seed(seed)
-        result = {"greedy_accuracy": greedy_accuracy(policy, task, selected, cfg.rollout.max_new_tokens)}
-        result.update(sampled_metrics(
-            policy, task, selected, controller, k, cfg.rollout.max_new_tokens, generator,
-            temperature_range=(cfg.rollout.temperature_min, cfg.rollout.temperature_max),
-        ))
+        result = {"greedy_accuracy": greedy_accuracy(engine, task, selected)}
+        result.update(sampled_metrics(engine, task, selected, controller, k, generator))
     except ThermoRLError as err:
         fail(str(err))
     result["problems"] = len(selected)
@@ -224,7 +223,7 @@ def generate(
     from rich.text import Text
 
     from thermorl.config import load_config
-    from thermorl.engines.hf import decode_completions, encode_prompts, sample
+    from thermorl.engines import build_engine
     from thermorl.reports.interpret import colour_range, temperature_colour
     from thermorl.runtime.trainer import load_for_eval
 
@@ -234,16 +233,14 @@ def generate(
         policy, _, controller = load_for_eval(cfg)
     except ThermoRLError as err:
         fail(str(err))
-    prompt_ids, prompt_mask = encode_prompts(policy, [prompt] * samples)
+    engine = build_engine(cfg.rollout, policy)
     generator = torch.Generator(device=policy.device).manual_seed(seed)
-    policy.model.eval()
-    batch = sample(policy, controller, prompt_ids, prompt_mask, cfg.rollout.max_new_tokens, generator,
-                   temperature_range=(cfg.rollout.temperature_min, cfg.rollout.temperature_max))
+    batch = engine.generate([prompt] * samples, controller, generator, group_ids=torch.zeros(samples, dtype=torch.long))
     console.print(f"controller {cfg.temperature.controller}, seed {seed}", highlight=False)
     out = Console(highlight=False, soft_wrap=True)
     lengths = batch.completion_mask.sum(-1).long().tolist()
     low, high = colour_range([t for i, n in enumerate(lengths) for t in batch.temperatures[i, :n].tolist()])
-    for i, text in enumerate(decode_completions(policy, batch)):
+    for i, text in enumerate(engine.decode(batch)):
         if not show_temperatures:
             out.print(text, markup=False)
             continue

@@ -26,6 +26,23 @@ def group_advantages(rewards: Tensor, group_size: int, scale: bool = True, eps: 
     return centered.reshape(-1)
 
 
+def rows_by_group(group_ids: Tensor) -> tuple[Tensor, int]:
+    """(the row order that puts each group's rows side by side, the group size); groups must be equally large."""
+    order = torch.argsort(group_ids, stable=True)
+    sizes = torch.unique_consecutive(group_ids[order], return_counts=True)[1]
+    if (sizes != sizes[0]).any():
+        raise ValueError(f"every group needs as many rows, got group sizes {sorted(set(sizes.tolist()))}")
+    return order, int(sizes[0])
+
+
+def group_advantages_by_id(rewards: Tensor, group_ids: Tensor, scale: bool = True, eps: float = 1e-4) -> Tensor:
+    """``group_advantages`` with each row's group named by ``group_ids`` (N,) instead of by row order."""
+    order, group_size = rows_by_group(group_ids.to(rewards.device))
+    advantages = torch.empty_like(rewards)
+    advantages[order] = group_advantages(rewards[order], group_size, scale, eps)
+    return advantages
+
+
 def clipped_policy_loss(
     logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, epsilon_low: float, epsilon_high: float
 ) -> tuple[Tensor, Tensor]:

@@ -129,6 +129,10 @@ class TaskConfig:
 
 @dataclass
 class RolloutConfig:
+    engine: Literal["hf"] = doc(
+        "Rollout engine. 'hf': the in-process KV-cache sampler over the training model (per-token temperatures).",
+        "hf",
+    )
     prompts_per_step: int = doc("Distinct prompts sampled per GRPO step.", 16)
     group_size: int = doc("Completions per prompt (G in GRPO); advantages are computed within a group.", 8)
     max_new_tokens: int = doc("Generation stops at EOS or after this many tokens.", 24)

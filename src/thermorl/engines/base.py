@@ -1,13 +1,20 @@
-"""What every rollout engine produces: :class:`RolloutBatch`, the sampled completions with their per-token fields."""
+"""The rollout-engine seam: what every engine takes (prompts + a controller) and produces (:class:`RolloutBatch`).
+
+An engine samples completions with the per-token temperatures a controller chooses, clamped to the
+run's ``RolloutConfig.temperature_min/max``, and returns every per-token field the loss needs. Engines
+are chosen with ``rollout.engine`` (``hf``: the in-process KV-cache sampler of ``engines/hf.py``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-TEMPERATURE_RANGE = (0.05, 5.0)  # the defaults of RolloutConfig.temperature_min / temperature_max
+from thermorl.temperature.base import TemperatureActions, TemperatureController
 
 
 @dataclass
@@ -21,7 +28,8 @@ class RolloutBatch:
     temperatures: Tensor  # (N, T) temperature used for each token (1.0 at padding)
     logprobs: Tensor  # (N, T) tempered log-prob at sampling time
     entropies: Tensor  # (N, T) entropy of the tempered distribution
-    records: dict[str, Tensor] = field(default_factory=dict)  # controller actions, (N, T) each
+    group_ids: Tensor  # (N,) long: rows with the same id answer the same prompt (a GRPO group)
+    actions: TemperatureActions = field(default_factory=TemperatureActions)  # the temperature policy's, (N, T)
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -29,8 +37,7 @@ class RolloutBatch:
     def select(self, index: Tensor) -> "RolloutBatch":
         """The rows ``index`` (a minibatch)."""
         return RolloutBatch(
-            *(getattr(self, name)[index] for name in _TENSOR_FIELDS),
-            records={k: v[index] for k, v in self.records.items()},
+            *(getattr(self, name)[index] for name in _ROW_FIELDS), actions=self.actions.select(index)
         )
 
     def full_inputs(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -40,9 +47,37 @@ class RolloutBatch:
         return input_ids, mask, positions_from_mask(mask)
 
 
-_TENSOR_FIELDS = (
-    "prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "temperatures", "logprobs", "entropies"
+_ROW_FIELDS = (
+    "prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "temperatures", "logprobs", "entropies",
+    "group_ids",
 )
+
+
+class RolloutEngine(Protocol):
+    """Samples completions for prompts with a controller's per-token temperatures."""
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        controller: TemperatureController,
+        generator: torch.Generator | None,
+        *,
+        group_ids: Tensor | None = None,
+        training_step: int = 0,
+        greedy: bool = False,
+    ) -> RolloutBatch:
+        """One completion per prompt (repeat a prompt G times for a group); ``group_ids`` (N,) names each
+        row's group (default: every row its own). ``greedy`` takes the argmax. Temperatures are clamped to
+        the engine's ``RolloutConfig`` range; NaN/inf logits or temperatures raise ``NonFiniteError``."""
+        ...
+
+    def decode(self, batch: RolloutBatch) -> list[str]:
+        """The completion texts of ``batch`` without EOS and padding."""
+        ...
+
+    def sync_weights(self) -> None:
+        """Make the next ``generate`` sample from the policy's current weights (after an optimizer step)."""
+        ...
 
 
 def positions_from_mask(mask: Tensor) -> Tensor:

@@ -1,8 +1,8 @@
-"""Batched KV-cache sampler with a per-token temperature chosen by a controller.
+"""``rollout.engine: hf``: the batched KV-cache sampler, a per-token temperature chosen by a controller.
 
 At every decoding step the controller returns one temperature per active row; the token is
 drawn from softmax(logits / temperature) and the sampler records, per token: id, mask,
-temperature, tempered log-prob, entropy, and the controller's own records. Rows that emit
+temperature, tempered log-prob, entropy, and the controller's own typed actions. Rows that emit
 EOS are dropped from the batch (and from the KV cache), so finished completions cost nothing.
 Prompts are left-padded; position ids skip the padding so every row sees positions 0, 1, ...
 Every temperature is clamped to a global range (``RolloutConfig.temperature_min/max``) whatever
@@ -11,6 +11,7 @@ the controller returns; NaN/inf logits or temperatures raise ``NonFiniteError``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,10 +19,11 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from thermorl.algorithms.logprobs import gather_logprobs, tempered_log_softmax, tempered_logprobs
-from thermorl.engines.base import TEMPERATURE_RANGE, RolloutBatch, positions_from_mask
+from thermorl.config import RolloutConfig
+from thermorl.engines.base import RolloutBatch, positions_from_mask
 from thermorl.errors import NonFiniteError
 from thermorl.models.policy import Policy
-from thermorl.temperature.base import StepContext, TemperatureController
+from thermorl.temperature.base import StepContext, TemperatureActions, TemperatureController
 
 
 def encode_prompts(policy: Policy, prompts: list[str]) -> tuple[Tensor, Tensor]:
@@ -65,9 +67,13 @@ def sample(
     generator: torch.Generator | None = None,
     greedy: bool = False,
     training_step: int = 0,
-    temperature_range: tuple[float, float] = TEMPERATURE_RANGE,
+    temperature_range: tuple[float, float] = (RolloutConfig.temperature_min, RolloutConfig.temperature_max),
+    group_ids: Tensor | None = None,
 ) -> RolloutBatch:
     """Generate one completion per prompt row; ``greedy`` takes the argmax (temperature ignored).
+
+    ``temperature_range`` is the clamp of every temperature (callers pass their run's ``RolloutConfig``
+    range: :class:`HFEngine` does); ``group_ids`` (N,) names each row's group (default: its own).
 
     Rows with the same prompt (a GRPO group) share one prompt pass (``prompt_pass``). The (N, T)
     fields end at the longest completion (T <= ``max_new_tokens``): no column is padding in every row.
@@ -80,7 +86,7 @@ def sample(
     temperatures = torch.ones(num_rows, max_new_tokens, device=device)
     logprobs = torch.zeros(num_rows, max_new_tokens, device=device)
     entropies = torch.zeros(num_rows, max_new_tokens, device=device)
-    records: dict[str, Tensor] = {}
+    actions: dict[str, Tensor] = {}  # TemperatureActions fields, (N, max_new_tokens) each
 
     controller.start(num_rows, training_step)
     hidden, cache = prompt_pass(policy, prompt_ids, prompt_mask)
@@ -92,7 +98,7 @@ def sample(
     for t in range(max_new_tokens):
         generated = t + 1
         logits = policy.logits(hidden)
-        tau, step_records = controller.choose(StepContext(logits, hidden, t, rows, training_step))
+        tau, step_actions = controller.choose(StepContext(logits, hidden, t, rows, training_step))
         if not torch.isfinite(logits).all():
             raise NonFiniteError(f"non-finite logits at completion token {t}")
         if not torch.isfinite(tau).all():
@@ -110,10 +116,10 @@ def sample(
         temperatures[rows, t] = tau
         logprobs[rows, t] = token_logp
         entropies[rows, t] = entropy
-        for name, value in step_records.items():
-            if name not in records:
-                records[name] = torch.zeros(num_rows, max_new_tokens, dtype=value.dtype, device=device)
-            records[name][rows, t] = value
+        for name, value in step_actions.present().items():
+            if name not in actions:
+                actions[name] = torch.zeros(num_rows, max_new_tokens, dtype=value.dtype, device=device)
+            actions[name][rows, t] = value
 
         alive = token != eos_id
         if not alive.any() or t == max_new_tokens - 1:
@@ -128,10 +134,58 @@ def sample(
         next_position = next_position + 1
 
     completion = slice(0, generated)
+    if group_ids is None:
+        group_ids = torch.arange(num_rows, device=device)
     return RolloutBatch(
         prompt_ids, prompt_mask, tokens[:, completion], mask[:, completion], temperatures[:, completion],
-        logprobs[:, completion], entropies[:, completion], {name: v[:, completion] for name, v in records.items()},
+        logprobs[:, completion], entropies[:, completion], group_ids.to(device),
+        TemperatureActions(**{name: v[:, completion] for name, v in actions.items()}),
     )
+
+
+class HFEngine:
+    """The in-process sampler over the training model itself (``rollout.engine: hf``).
+
+    It reads the policy's live parameters, so ``sync_weights`` has nothing to copy. Sampling settings
+    (``max_new_tokens``, the temperature clamp) come from the run's ``RolloutConfig`` and nowhere else.
+    """
+
+    name = "hf"
+
+    def __init__(self, policy: Policy, config: RolloutConfig) -> None:
+        self.policy = policy
+        self.config = config
+
+    @property
+    def temperature_range(self) -> tuple[float, float]:
+        return self.config.temperature_min, self.config.temperature_max
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        controller: TemperatureController,
+        generator: torch.Generator | None,
+        *,
+        group_ids: Tensor | None = None,
+        training_step: int = 0,
+        greedy: bool = False,
+    ) -> RolloutBatch:
+        prompt_ids, prompt_mask = encode_prompts(self.policy, list(prompts))
+        was_training = self.policy.model.training
+        self.policy.model.eval()
+        try:
+            return sample(
+                self.policy, controller, prompt_ids, prompt_mask, self.config.max_new_tokens, generator, greedy,
+                training_step, self.temperature_range, group_ids,
+            )
+        finally:
+            self.policy.model.train(was_training)
+
+    def decode(self, batch: RolloutBatch) -> list[str]:
+        return decode_completions(self.policy, batch)
+
+    def sync_weights(self) -> None:
+        """Nothing to do: sampling uses the training model's own parameters."""
 
 
 def decode_completions(policy: Policy, batch: RolloutBatch) -> list[str]:

@@ -4,7 +4,7 @@ Written at the end of training, for any controller:
 
 * ``RUN/temperature_traces.jsonl``: one sampled completion of a held-out prompt per line,
   with per-token text, temperature, the model's own (untempered) entropy, token class and
-  the controller's records (gate, z, ...);
+  the controller's own actions (gate, z, ...);
 * ``RUN/temperature_plots.png``: mean temperature vs position, temperature vs entropy,
   temperature by token class, and the temperature distribution over training (from
   ``RUN/samples.jsonl``);
@@ -31,10 +31,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from thermorl.engines.hf import decode_completions, encode_prompts, sample  # noqa: E402
+from thermorl.engines.base import RolloutEngine  # noqa: E402
 from thermorl.models.policy import Policy  # noqa: E402
 from thermorl.tasks.base import Task  # noqa: E402
-from thermorl.temperature.base import StepContext, TemperatureController  # noqa: E402
+from thermorl.temperature.base import StepContext, TemperatureActions, TemperatureController  # noqa: E402
 from thermorl.temperature.entropy import logits_entropy  # noqa: E402
 
 CLASSES = ("digit", "operator", "separator", "final answer", "end", "other")
@@ -43,17 +43,27 @@ SEPARATORS = set(",=")
 
 
 class _EntropyProbe(TemperatureController):
-    """Wraps a controller and records the untempered entropy of every step (no extra forward pass)."""
+    """Wraps a controller and keeps the untempered entropy of every step (no extra forward pass)."""
 
     def __init__(self, inner: TemperatureController) -> None:
         self.inner = inner
+        self.steps: list[tuple[Tensor, Tensor]] = []  # (rows, entropy) of each decoding step
 
     def start(self, num_rows: int, training_step: int) -> None:
         self.inner.start(num_rows, training_step)
+        self.steps = []
 
-    def choose(self, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
-        tau, records = self.inner.choose(ctx)
-        return tau, {**records, "model_entropy": logits_entropy(ctx.logits)}
+    def choose(self, ctx: StepContext) -> tuple[Tensor, TemperatureActions]:
+        tau, actions = self.inner.choose(ctx)
+        self.steps.append((ctx.rows, logits_entropy(ctx.logits)))
+        return tau, actions
+
+    def entropies(self, num_rows: int) -> Tensor:
+        """(num_rows, steps) untempered entropy of every sampled token (0 after a row ended)."""
+        table = torch.zeros(num_rows, len(self.steps))
+        for t, (rows, entropy) in enumerate(self.steps):
+            table[rows.cpu(), t] = entropy.float().cpu()
+        return table
 
 
 def token_classes(pieces: list[str], is_end: list[bool]) -> list[str]:
@@ -79,20 +89,19 @@ def token_classes(pieces: list[str], is_end: list[bool]) -> list[str]:
 
 @torch.no_grad()
 def temperature_traces(
-    policy: Policy, task: Task, controller: TemperatureController, max_new_tokens: int,
+    policy: Policy, engine: RolloutEngine, task: Task, controller: TemperatureController,
     generator: torch.Generator, problems: int = 32, samples: int = 2, training_step: int = 0,
 ) -> list[dict[str, Any]]:
     """Sample ``samples`` completions for each of the first ``problems`` held-out prompts, per token."""
     chosen = [p for p in task.eval_problems()[:problems] for _ in range(samples)]
-    prompt_ids, prompt_mask = encode_prompts(policy, [p.prompt for p in chosen])
-    was_training = policy.model.training
-    policy.model.eval()
-    batch = sample(policy, _EntropyProbe(controller), prompt_ids, prompt_mask, max_new_tokens, generator,
-                   training_step=training_step)
-    policy.model.train(was_training)
+    probe = _EntropyProbe(controller)
+    group_ids = torch.arange(len(chosen)) // samples
+    batch = engine.generate([p.prompt for p in chosen], probe, generator, group_ids=group_ids,
+                            training_step=training_step)
+    model_entropy = probe.entropies(len(chosen))
     eos_id = policy.tokenizer.eos_token_id
     traces = []
-    for i, (problem, text) in enumerate(zip(chosen, decode_completions(policy, batch))):
+    for i, (problem, text) in enumerate(zip(chosen, engine.decode(batch))):
         length = int(batch.completion_mask[i].sum().item())
         ids = batch.completion_ids[i, :length].tolist()
         pieces = [policy.tokenizer.decode([token]) for token in ids]
@@ -102,12 +111,11 @@ def temperature_traces(
             "reward": task.reward(problem, text),
             "tokens": pieces,
             "temperatures": [round(t, 4) for t in batch.temperatures[i, :length].tolist()],
-            "entropy": [round(h, 4) for h in batch.records["model_entropy"][i, :length].tolist()],
+            "entropy": [round(h, 4) for h in model_entropy[i, :length].tolist()],
             "classes": token_classes(pieces, [token == eos_id for token in ids]),
         }
-        for name, values in batch.records.items():
-            if name != "model_entropy":
-                row[name] = [round(float(v), 4) for v in values[i, :length].tolist()]
+        for name, values in batch.actions.present().items():
+            row[name] = [round(float(v), 4) for v in values[i, :length].tolist()]
         traces.append(row)
     return traces
 
@@ -217,12 +225,14 @@ span{{padding:1px 0}}</style></head><body><h2>{html.escape(title)}</h2>
 
 
 def write_temperature_report(
-    policy: Policy, task: Task, controller: TemperatureController, run_dir: Path, max_new_tokens: int,
+    policy: Policy, engine: RolloutEngine, task: Task, controller: TemperatureController, run_dir: Path,
     seed: int, training_step: int, title: str = "",
 ) -> dict[str, dict[str, float]]:
-    """Write traces, plots, per-class summary and HTML into ``run_dir``; returns the per-class means."""
+    """Write traces, plots, per-class summary and HTML into ``run_dir``; returns the per-class means.
+
+    Sampled through ``engine``, so the run's clamp range and ``max_new_tokens`` apply."""
     generator = torch.Generator(device=policy.device).manual_seed(seed + 2)
-    traces = temperature_traces(policy, task, controller, max_new_tokens, generator, training_step=training_step)
+    traces = temperature_traces(policy, engine, task, controller, generator, training_step=training_step)
     with open(run_dir / "temperature_traces.jsonl", "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(row) + "\n" for row in traces)
     plot_temperatures(traces, training_percentiles(run_dir / "samples.jsonl"), run_dir / "temperature_plots.png")

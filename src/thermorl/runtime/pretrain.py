@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from thermorl.config import ModelConfig, TaskConfig
+from thermorl.config import ModelConfig, RolloutConfig, TaskConfig
+from thermorl.engines import build_engine
 from thermorl.engines.base import positions_from_mask
 from thermorl.models.policy import Policy, load_policy
 from thermorl.study.evaluate import greedy_accuracy
@@ -92,7 +93,7 @@ def pretrain(
         optimizer.step()
         schedule.step()
         if step % eval_every == 0 or step == steps:
-            accuracy = greedy_accuracy(policy, task, eval_problems, max_new_tokens)
+            accuracy = greedy_accuracy(build_engine(RolloutConfig(max_new_tokens=max_new_tokens), policy), task, eval_problems)
             history.append({"step": step, "loss": loss.item(), "eval_accuracy": accuracy,
                             "elapsed_s": time.time() - start})
             if on_eval is not None:

@@ -35,15 +35,15 @@ from thermorl.algorithms.grpo import (
     aggregate,
     approx_kl,
     clipped_policy_loss,
-    group_advantages,
+    group_advantages_by_id,
     high_entropy_mask,
     kl_penalty,
     truncated_importance_weights,
 )
 from thermorl.algorithms.schedule import lr_factor
 from thermorl.config import Config, FixedConfig, dump_config
-from thermorl.engines.base import RolloutBatch
-from thermorl.engines.hf import decode_completions, encode_prompts, sample, score
+from thermorl.engines import RolloutBatch, RolloutEngine, build_engine
+from thermorl.engines.hf import score
 from thermorl.errors import ModelLoadError, NonFiniteError, ThermoRLError, TrainingDivergedError
 from thermorl.models.policy import Policy, load_policy
 from thermorl.rewards.guard import RewardGuard
@@ -69,6 +69,7 @@ class Components:
     controller: TemperatureController
     lm_optimizer: torch.optim.Optimizer
     head_optimizer: torch.optim.Optimizer | None
+    engine: RolloutEngine  # samples every rollout of the run (rollout.engine, the run's RolloutConfig)
     reward: RewardGuard | None = None  # the task's reward behind a timeout and value checks
     dist: Distributed = field(default_factory=Distributed)  # this process's share of a data-parallel job
 
@@ -104,7 +105,9 @@ def build_components(config: Config, policy: Policy | None = None) -> Components
         head_optimizer = torch.optim.AdamW(controller.module.parameters(), lr=head_lr)
     reward_name = getattr(task.reward, "name", f"of task {config.task.name}")  # a user function's module:function
     reward = RewardGuard(task.reward, reward_name, config.task.reward_timeout_s, config.task.reward_fail_fast)
-    c = Components(policy, reference, task, controller, lm_optimizer, head_optimizer, reward, dist)
+    engine = build_engine(config.rollout, policy)
+    policy.model.train()  # sampling switches to eval mode and back; every update runs in train mode
+    c = Components(policy, reference, task, controller, lm_optimizer, head_optimizer, engine, reward, dist)
     if not _finite_parameters(c):
         raise ModelLoadError(f"model {config.model.path} has NaN or inf parameters")
     return c
@@ -171,7 +174,7 @@ def grpo_update(
                 metrics["clip_fraction"] = aggregate(clipped, mask).item()
                 metrics["approx_kl"] = approx_kl(scored.logprobs.detach(), old_logprobs[index], mask).item()
             head_loss, head_metrics = c.controller.policy_loss(
-                scored.hidden, mb.records, advantages[index], mask, step
+                scored.hidden, mb.actions, advantages[index], mask, step
             )
             metrics.update(head_metrics)
             if head_loss is not None:
@@ -208,7 +211,7 @@ def grpo_update(
         logits = torch.empty(len(batch), *logits_for_controller[0][1].shape[1:], device=batch.logprobs.device)
         for index, part in logits_for_controller:
             logits[index] = part
-    c.controller.after_update(batch.records, advantages, batch.completion_mask, batch.completion_ids, logits)
+    c.controller.after_update(batch.actions, advantages, batch.completion_mask, batch.completion_ids, logits)
     c.dist.sync_controller(c.controller)
     return {**{key: value / updates for key, value in totals.items()}, "lm_steps": lm_steps, "head_steps": head_steps}
 
@@ -239,18 +242,16 @@ def evaluate_policy(
     problems = c.dist.stride(c.task.eval_problems())
     sampled = c.dist.stride(c.task.eval_problems()[: config.train.eval_avg_problems])
     reward = c.reward or c.task.reward
-    rollout = config.rollout
-    clamp = (rollout.temperature_min, rollout.temperature_max)
-    metrics = {"eval_accuracy": greedy_accuracy(c.policy, c.task, problems, rollout.max_new_tokens, reward)}
+    metrics = {"eval_accuracy": greedy_accuracy(c.engine, c.task, problems, reward)}
     shared = FixedController(FixedConfig(config.train.eval_temperature), ControllerEnv(c.policy.hidden_size, 1, c.policy.device))
     metrics.update(sampled_metrics(
-        c.policy, c.task, sampled, shared, config.train.eval_avg_k, rollout.max_new_tokens, generator,
-        training_step=step, temperature_range=clamp, reward=reward, on_batch=on_batch,
+        c.engine, c.task, sampled, shared, config.train.eval_avg_k, generator, training_step=step, reward=reward,
+        on_batch=on_batch,
     ))
     if c.controller.decodes_at_inference:
         own = sampled_metrics(
-            c.policy, c.task, sampled, c.controller, config.train.eval_avg_k, rollout.max_new_tokens, generator,
-            training_step=step, temperature_range=clamp, reward=reward,
+            c.engine, c.task, sampled, c.controller, config.train.eval_avg_k, generator, training_step=step,
+            reward=reward,
         )
         metrics.update({key.replace("eval_", "eval_own_"): value for key, value in own.items()})
     return c.dist.weighted_mean(metrics, {"eval_accuracy": len(problems)}, default_weight=len(sampled))
@@ -416,7 +417,7 @@ def _train_loop(
         plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png", f"{config.temperature.controller}, seed {seed}")
         plot_run_temperatures(out_dir, config.temperature)
         write_temperature_report(
-            c.policy, c.task, c.controller, out_dir, rollout.max_new_tokens, seed, config.train.steps,
+            c.policy, c.engine, c.task, c.controller, out_dir, seed, config.train.steps,
             f"{config.temperature.controller}, seed {seed}",
         )
     return summary
@@ -427,18 +428,13 @@ def _train_step(
 ) -> tuple[dict[str, Any], RolloutBatch, list[str], torch.Tensor]:
     """Sample, reward, advantages, update; raises NonFiniteError (nothing stepped) on NaN/inf."""
     rollout = config.rollout
-    prompt_ids, prompt_mask = encode_prompts(c.policy, [p.prompt for p in problems])
-    c.policy.model.eval()
-    try:
-        batch = sample(
-            c.policy, c.controller, prompt_ids, prompt_mask, rollout.max_new_tokens, state.generator,
-            training_step=step, temperature_range=(rollout.temperature_min, rollout.temperature_max),
-        )
-    finally:
-        c.policy.model.train()
-    texts = decode_completions(c.policy, batch)
+    group_ids = torch.arange(len(problems)) // rollout.group_size  # problems hold whole groups, in order
+    batch = c.engine.generate(
+        [p.prompt for p in problems], c.controller, state.generator, group_ids=group_ids, training_step=step
+    )
+    texts = c.engine.decode(batch)
     rewards = torch.tensor(c.reward.score(problems, texts), device=c.policy.device)
-    advantages = group_advantages(rewards, rollout.group_size, scale=config.algorithm.advantage == "grpo")
+    advantages = group_advantages_by_id(rewards, batch.group_ids, scale=config.algorithm.advantage == "grpo")
     metrics = {"step": step, **batch_statistics(*gather_batch(c.dist, batch, rewards), rollout.group_size)}
     algo = config.algorithm
     lr = algo.lr * lr_factor(step, config.train.steps, algo.warmup_steps, algo.lr_schedule)

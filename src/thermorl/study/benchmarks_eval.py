@@ -18,14 +18,16 @@ import math
 import os
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from thermorl.config import TaskConfig
+from thermorl.config import RolloutConfig, TaskConfig
+from thermorl.engines import RolloutBatch, build_engine
 from thermorl.errors import ThermoRLError
 from thermorl.models.policy import Policy
 from thermorl.rewards.guard import RewardGuard
@@ -89,15 +91,21 @@ def evaluate_benchmarks(
     task: TaskConfig,
     settings: BenchmarkSettings,
     out_dir: Path,
+    rollout: RolloutConfig,
     batch_rows: int = 64,
     training_step: int = 0,
     reward_timeout_s: float = 10.0,
     progress: Any = None,
+    on_batch: Callable[[RolloutBatch], None] | None = None,
 ) -> dict[str, Any]:
-    """Score each benchmark, skipping those already in ``out_dir/eval.json``; returns the eval.json content."""
+    """Score each benchmark, skipping those already in ``out_dir/eval.json``; returns the eval.json content.
+
+    Sampled through the ``rollout.engine`` with the run's ``rollout`` settings (its temperature clamp) and
+    ``settings.max_new_tokens``. ``on_batch`` sees every sampled batch (e.g. to check its temperatures)."""
     if settings.samples < settings.k:
         raise ThermoRLError(f"--samples ({settings.samples}) must be >= --k ({settings.k})")
     results = _load_previous(out_dir, settings)
+    engine = build_engine(replace(rollout, max_new_tokens=settings.max_new_tokens), policy)
     for name in benchmarks:
         if name in results["benchmarks"]:
             continue
@@ -112,8 +120,8 @@ def evaluate_benchmarks(
         for first in range(0, len(problems), per_call):
             chunk = problems[first : first + per_call]
             scores = score_problems(
-                policy, held_out, chunk, controller, settings.samples, settings.max_new_tokens, False, generator,
-                batch_rows=batch_rows, training_step=training_step,
+                engine, held_out, chunk, controller, settings.samples, False, generator,
+                batch_rows=batch_rows, training_step=training_step, on_batch=on_batch,
             )
             correct.extend(round(sum(s)) for s in scores)
             if bar is not None:
@@ -202,6 +210,7 @@ def run_benchmark_eval(
     batch_rows: int,
     out_dir: Path,
     progress_enabled: bool = True,
+    on_batch: Callable[[RolloutBatch], None] | None = None,
 ) -> dict[str, Any]:
     """The whole ``thermorl eval --benchmarks`` command: load, score, write eval.json / eval.md, print a table."""
     from rich.console import Console
@@ -238,8 +247,8 @@ def run_benchmark_eval(
         console=console, disable=not progress_enabled,
     ) as progress:
         results = evaluate_benchmarks(
-            policy, controller, reward, benchmarks, cfg.task, settings, out_dir, batch_rows, training_step,
-            cfg.task.reward_timeout_s, progress,
+            policy, controller, reward, benchmarks, cfg.task, settings, out_dir, cfg.rollout, batch_rows, training_step,
+            cfg.task.reward_timeout_s, progress, on_batch,
         )
     table = Table(title=f"{model_path} ({settings.controller}, n={settings.samples}) -> {out_dir}/eval.json")
     for column in ["benchmark", "problems", f"avg@{k}", "95% CI", f"pass@{k}", "95% CI"]:

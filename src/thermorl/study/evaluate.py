@@ -7,11 +7,10 @@ from collections.abc import Callable
 
 import torch
 
-from thermorl.engines.base import TEMPERATURE_RANGE, RolloutBatch
-from thermorl.engines.hf import decode_completions, encode_prompts, sample
-from thermorl.models.policy import Policy
+from thermorl.config import FixedConfig
+from thermorl.engines.base import RolloutBatch, RolloutEngine
 from thermorl.tasks.base import Problem, Task
-from thermorl.temperature.base import TemperatureController
+from thermorl.temperature.base import ControllerEnv, TemperatureController
 from thermorl.temperature.fixed import FixedController
 
 
@@ -24,17 +23,15 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 @torch.no_grad()
 def score_problems(
-    policy: Policy,
+    engine: RolloutEngine,
     task: Task,
     problems: list[Problem],
     controller: TemperatureController,
     samples: int,
-    max_new_tokens: int,
     greedy: bool,
     generator: torch.Generator | None = None,
     batch_rows: int = 1024,
     training_step: int = 0,
-    temperature_range: tuple[float, float] = TEMPERATURE_RANGE,
     reward: Callable[[Problem, str], float] | None = None,
     on_batch: Callable[[RolloutBatch], None] | None = None,
 ) -> list[list[float]]:
@@ -43,52 +40,43 @@ def score_problems(
     reward = reward or task.reward
     rows = [p for p in problems for _ in range(samples)]
     rewards: list[float] = []
-    was_training = policy.model.training
-    policy.model.eval()
     for start in range(0, len(rows), batch_rows):
         chunk = rows[start : start + batch_rows]
-        prompt_ids, prompt_mask = encode_prompts(policy, [p.prompt for p in chunk])
-        batch = sample(
-            policy, controller, prompt_ids, prompt_mask, max_new_tokens, generator, greedy, training_step,
-            temperature_range,
+        group_ids = torch.arange(start, start + len(chunk)) // samples  # the samples of one problem
+        batch = engine.generate(
+            [p.prompt for p in chunk], controller, generator, group_ids=group_ids, training_step=training_step,
+            greedy=greedy,
         )
         if on_batch is not None:
             on_batch(batch)
-        rewards.extend(reward(p, text) for p, text in zip(chunk, decode_completions(policy, batch)))
-    policy.model.train(was_training)
+        rewards.extend(reward(p, text) for p, text in zip(chunk, engine.decode(batch)))
     return [rewards[i * samples : (i + 1) * samples] for i in range(len(problems))]
 
 
 def greedy_accuracy(
-    policy: Policy, task: Task, problems: list[Problem], max_new_tokens: int,
-    reward: Callable[[Problem, str], float] | None = None,
+    engine: RolloutEngine, task: Task, problems: list[Problem], reward: Callable[[Problem, str], float] | None = None,
 ) -> float:
     """Fraction of problems solved by greedy decoding (the temperature is irrelevant to argmax)."""
-    from thermorl.config import FixedConfig
-    from thermorl.temperature.base import ControllerEnv
-
-    controller = FixedController(FixedConfig(), ControllerEnv(policy.hidden_size, 1, policy.device))
-    scores = score_problems(policy, task, problems, controller, 1, max_new_tokens, greedy=True, reward=reward)
+    controller = FixedController(FixedConfig(), ControllerEnv(1, 1, torch.device("cpu")))
+    scores = score_problems(engine, task, problems, controller, 1, greedy=True, reward=reward)
     return sum(s[0] for s in scores) / len(scores)
 
 
 def sampled_metrics(
-    policy: Policy,
+    engine: RolloutEngine,
     task: Task,
     problems: list[Problem],
     controller: TemperatureController,
     k: int,
-    max_new_tokens: int,
     generator: torch.Generator,
     training_step: int = 0,
-    temperature_range: tuple[float, float] = TEMPERATURE_RANGE,
     reward: Callable[[Problem, str], float] | None = None,
     on_batch: Callable[[RolloutBatch], None] | None = None,
 ) -> dict[str, float]:
     """avg@k (mean reward of k samples) and pass@k over ``problems``, sampling with ``controller``."""
     scores = score_problems(
-        policy, task, problems, controller, k, max_new_tokens, False, generator, training_step=training_step,
-        temperature_range=temperature_range, reward=reward, on_batch=on_batch,
+        engine, task, problems, controller, k, False, generator, training_step=training_step, reward=reward,
+        on_batch=on_batch,
     )
     avg = sum(sum(s) / k for s in scores) / len(scores)
     passed = sum(pass_at_k(k, int(sum(s)), k) for s in scores) / len(scores)

@@ -1,23 +1,45 @@
 """The temperature-controller protocol shared by every method.
 
-The sampler calls ``start`` once per rollout and ``choose`` at every decoding step with the
-step's raw logits and last hidden state; ``choose`` returns one temperature per active row
-and, optionally, per-row records of the controller's own actions (gate, Beta draw, its
-log-prob, ...). The sampler stores temperatures and records per token in the rollout batch,
-so the loss sees exactly what sampling used.
+What the sampler needs: ``start`` once per rollout and ``choose`` at every decoding step with the
+step's raw logits and last hidden state; ``choose`` returns one temperature per active row and the
+controller's own typed actions (:class:`TemperatureActions`: the head's gate, Beta draw or bin and
+their log-prob). The sampler stores temperatures and actions per token in the rollout batch, so the
+loss sees exactly what sampling used.
 
-Trainable controllers expose ``module`` (their parameters) and ``policy_loss``; meta-policies
-update themselves in ``after_update`` from the batch and the training forward pass. Heuristic
-controllers only implement ``choose``.
+What training needs: trainable controllers expose ``module`` (their parameters) and ``policy_loss``
+over the recorded actions; meta-policies update themselves in ``after_update`` from the scored
+batch. Heuristic controllers only implement ``choose``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+
+@dataclass
+class TemperatureActions:
+    """A temperature policy's own actions, per row (B,) at one step or per token (N, T) in a batch.
+
+    A field is None when the controller has no such action (heuristic controllers have none).
+    """
+
+    logprob: Tensor | None = None  # log pi_phi(action) under the policy that sampled it
+    gate: Tensor | None = None  # Beta head: 1 where the gate fired (a new temperature was drawn)
+    z: Tensor | None = None  # Beta head: the unit draw z_t in [0, 1] (0 where the gate did not fire)
+    bin: Tensor | None = None  # bins head: index of the chosen temperature
+
+    def present(self) -> dict[str, Tensor]:
+        """The fields this controller filled, by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+    def select(self, index: Tensor) -> "TemperatureActions":
+        """The rows ``index``."""
+        return TemperatureActions(**{name: value[index] for name, value in self.present().items()})
 
 
 @dataclass
@@ -62,8 +84,8 @@ class TemperatureController:
     def start(self, num_rows: int, training_step: int) -> None:
         """Reset per-rollout state (e.g. the previous temperature of each row)."""
 
-    def choose(self, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
-        """Per-row temperatures (B,) and per-row records {name: (B,)} for this step."""
+    def choose(self, ctx: StepContext) -> tuple[Tensor, TemperatureActions]:
+        """Per-row temperatures (B,) and the controller's own per-row actions for this step."""
         raise NotImplementedError
 
     @property
@@ -76,13 +98,13 @@ class TemperatureController:
         return True
 
     def policy_loss(
-        self, hidden: Tensor, records: dict[str, Tensor], advantages: Tensor, mask: Tensor, training_step: int
+        self, hidden: Tensor, actions: TemperatureActions, advantages: Tensor, mask: Tensor, training_step: int
     ) -> tuple[Tensor | None, dict[str, float]]:
         """Loss of a trainable temperature policy on a minibatch, with diagnostics."""
         return None, {}
 
     def after_update(
-        self, records: dict[str, Tensor], advantages: Tensor, mask: Tensor, tokens: Tensor, logits: Tensor | None
+        self, actions: TemperatureActions, advantages: Tensor, mask: Tensor, tokens: Tensor, logits: Tensor | None
     ) -> None:
         """Hook after each GRPO step (TAMPO's outer update)."""
 

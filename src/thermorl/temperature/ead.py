@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from thermorl.config import EADConfig
-from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureController, full
+from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController, full
 
 
 def ead_decay_scale(step: int, config: EADConfig) -> float:
@@ -59,8 +59,8 @@ class EADController(TemperatureController):
     def start(self, num_rows: int, training_step: int) -> None:
         self.step = training_step
 
-    def choose(self, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
-        return full(ctx, ead_temperature(ctx.position, self.step, self.config)), {}
+    def choose(self, ctx: StepContext) -> tuple[Tensor, TemperatureActions]:
+        return full(ctx, ead_temperature(ctx.position, self.step, self.config)), TemperatureActions()
 
     def metrics(self) -> dict[str, float]:
         return {"ead_decay_scale": ead_decay_scale(self.step, self.config)}

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from thermorl.config import EntropyConfig
-from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureController
+from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController
 
 
 def edt_temperature(entropy: Tensor, config: EntropyConfig) -> Tensor:
@@ -34,5 +34,5 @@ class EntropyController(TemperatureController):
     def __init__(self, config: EntropyConfig, env: ControllerEnv) -> None:
         self.config = config
 
-    def choose(self, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
-        return edt_temperature(logits_entropy(ctx.logits), self.config), {}
+    def choose(self, ctx: StepContext) -> tuple[Tensor, TemperatureActions]:
+        return edt_temperature(logits_entropy(ctx.logits), self.config), TemperatureActions()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from thermorl.config import FixedConfig
-from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureController, full
+from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController, full
 
 
 class FixedController(TemperatureController):
@@ -14,5 +14,5 @@ class FixedController(TemperatureController):
     def __init__(self, config: FixedConfig, env: ControllerEnv) -> None:
         self.temperature = config.temperature
 
-    def choose(self, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
-        return full(ctx, self.temperature), {}
+    def choose(self, ctx: StepContext) -> tuple[Tensor, TemperatureActions]:
+        return full(ctx, self.temperature), TemperatureActions()

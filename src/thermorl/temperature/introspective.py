@@ -38,7 +38,7 @@ from thermorl.algorithms.hierarchical import (
     unit_to_temperature,
 )
 from thermorl.config import IntrospectiveConfig
-from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureController
+from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController
 
 # The head's stream is seeded from the run seed plus this offset, so its draws are not the
 # same uniforms the token sampler (seeded with the run seed itself) consumes.
@@ -111,7 +111,7 @@ class IntrospectiveController(TemperatureController):
         self.step = training_step
         self.previous = torch.full((num_rows,), self.config.tau_init, device=self.device)
 
-    def choose(self, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
+    def choose(self, ctx: StepContext) -> tuple[Tensor, TemperatureActions]:
         u = self.head(ctx.hidden.to(self.head.out.weight.dtype))
         if self.config.head == "bins":
             return self._choose_bin(u)
@@ -126,25 +126,19 @@ class IntrospectiveController(TemperatureController):
         tau = torch.where(gate > 0, unit_to_temperature(z, config.tau_min, config.tau_max), previous)
         tau = tau.clamp_(config.tau_min, config.tau_max)
         self.previous[ctx.rows] = tau
-        records = {
-            "gate": gate,
-            "z": z,
-            "prev_temperature": previous,
-            "temp_logprob": hybrid_logprob(u[:, 0], alpha, beta, gate, z),
-        }
-        return tau, records
+        return tau, TemperatureActions(logprob=hybrid_logprob(u[:, 0], alpha, beta, gate, z), gate=gate, z=z)
 
-    def _choose_bin(self, u: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def _choose_bin(self, u: Tensor) -> tuple[Tensor, TemperatureActions]:
         bin_index = torch.multinomial(torch.softmax(u, dim=-1), 1, generator=self.generator).squeeze(-1)
-        return self.bins[bin_index], {"bin": bin_index, "temp_logprob": bins_logprob(u, bin_index)}
+        return self.bins[bin_index], TemperatureActions(logprob=bins_logprob(u, bin_index), bin=bin_index)
 
     def policy_loss(
-        self, hidden: Tensor, records: dict[str, Tensor], advantages: Tensor, mask: Tensor, training_step: int
+        self, hidden: Tensor, actions: TemperatureActions, advantages: Tensor, mask: Tensor, training_step: int
     ) -> tuple[Tensor | None, dict[str, float]]:
         """Clipped temperature-policy loss on the recorded actions, or None while the head is frozen."""
         metrics: dict[str, float] = {}
-        if "gate" in records:
-            metrics["temp_gate_rate"] = aggregate(records["gate"], mask).item()
+        if actions.gate is not None:
+            metrics["temp_gate_rate"] = aggregate(actions.gate, mask).item()
         if not self.trains_head(training_step):
             return None, metrics
         # alternate: the head's update sees the LM frozen (the hidden states that sampled the rollout),
@@ -154,13 +148,13 @@ class IntrospectiveController(TemperatureController):
         u = self.head(h.to(self.head.out.weight.dtype))
         u0 = self.initial_output.expand_as(u)
         if self.config.head == "bins":
-            logprobs, entropy, kl = bins_logprob(u, records["bin"]), bins_entropy(u), bins_kl(u, u0)
+            logprobs, entropy, kl = bins_logprob(u, actions.bin), bins_entropy(u), bins_kl(u, u0)
         else:
-            logprobs = temperature_logprob(u, records["gate"], records["z"], self.config.eps)
+            logprobs = temperature_logprob(u, actions.gate, actions.z, self.config.eps)
             entropy = hybrid_entropy(u, self.config.eps)
             kl = hybrid_kl(u, u0, self.config.eps)
         loss, diagnostics = temperature_policy_loss(
-            logprobs, records["temp_logprob"], advantages, mask, self.config.epsilon, entropy,
+            logprobs, actions.logprob, advantages, mask, self.config.epsilon, entropy,
             self.config.entropy_coef, kl, self.config.kl_coef,
         )
         metrics.update({f"temp_{name}": value.item() for name, value in diagnostics.items()})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from thermorl.config import LinearConfig
-from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureController, full
+from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController, full
 
 
 def linear_temperature(step: int, total_steps: int, start: float, end: float) -> float:
@@ -31,8 +31,8 @@ class LinearController(TemperatureController):
     def start(self, num_rows: int, training_step: int) -> None:
         self.current = linear_temperature(training_step, self.total_steps, self.config.start, self.config.end)
 
-    def choose(self, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
-        return full(ctx, self.current), {}
+    def choose(self, ctx: StepContext) -> tuple[Tensor, TemperatureActions]:
+        return full(ctx, self.current), TemperatureActions()
 
     def metrics(self) -> dict[str, float]:
         return {"linear_temperature": self.current}

@@ -21,7 +21,7 @@ from torch import Tensor
 from thermorl.algorithms.tampo import candidate_loglikelihoods, tampo_outer_update, top_p_candidates
 from thermorl.config import TampoConfig
 from thermorl.errors import ConfigError
-from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureController
+from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController
 
 
 class TampoController(TemperatureController):
@@ -47,12 +47,12 @@ class TampoController(TemperatureController):
         per_row = chosen.repeat_interleave(self.group_size or num_rows)[:num_rows]
         self.row_temperatures = self.candidates[per_row].to(self.device)
 
-    def choose(self, ctx: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.row_temperatures[ctx.rows], {}
+    def choose(self, ctx: StepContext) -> tuple[Tensor, TemperatureActions]:
+        return self.row_temperatures[ctx.rows], TemperatureActions()
 
     @torch.no_grad()
     def after_update(
-        self, records: dict[str, Tensor], advantages: Tensor, mask: Tensor, tokens: Tensor, logits: Tensor | None
+        self, actions: TemperatureActions, advantages: Tensor, mask: Tensor, tokens: Tensor, logits: Tensor | None
     ) -> None:
         """The outer update on this batch's trajectories, re-scored at every candidate."""
         if logits is None:
