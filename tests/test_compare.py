@@ -86,7 +86,7 @@ def test_compare_command_runs_aggregates_and_resumes(tmp_path):
         assert 0 <= row["final_eval_accuracy"]["mean"] <= 1
     assert result["introspective_vs_best_fixed"]["best_fixed"] == "fixed:1.0"
     assert result["eval_problems"] == 40 and result["missing_runs"] == []
-    for name in ("compare.md", "curves.png", "final_accuracy.png", "dynamics.png"):
+    for name in ("compare.md", "curves.png", "final_accuracy.png", "dynamics.png", "learned_temperatures.png"):
         assert (out / name).stat().st_size > 0
     table = (out / "compare.md").read_text()
     assert ("| arm | LM updates | greedy acc | avg@8 at T=1.0 | pass@8 at T=1.0 | avg@8 own temps | "

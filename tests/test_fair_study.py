@@ -43,6 +43,8 @@ def test_default_introspective_makes_as_many_lm_updates_as_fixed(tmp_path):
     assert (fixed["head_updates"], intro["head_updates"]) == (0, 3)
     assert [r["lm_updates"] for r in intro_rows[1:]] == [r["lm_updates"] for r in fixed_rows[1:]] == [1, 2, 3]
     assert [r["head_updates"] for r in intro_rows[1:]] == [1, 2, 3]
+    samples = [json.loads(line) for line in (tmp_path / "intro" / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(len(row["classes"]) == len(row["temperatures"]) for row in samples)
     # the phase schedule (the old default) starves the LM: 1 LM step, 1 head step, 1 LM step
     phases, _ = _cli_summary(tmp_path, "phases", "--controller", "introspective",
                              "--set", "temperature.introspective.schedule=phases",
@@ -168,3 +170,25 @@ def test_compare_arms_carry_their_overrides():
 def test_compare_rejects_bad_arm_overrides_naming_the_field(spec, message):
     with pytest.raises(ThermoRLError, match=message):
         study.parse_arms(spec)
+
+
+def test_likelihood_optimal_temperature_of_positive_and_negative_trajectories():
+    from thermorl.algorithms.tampo import likelihood_optimal_temperatures
+
+    candidates = torch.tensor([0.6, 1.0, 1.4])
+    loglik = torch.tensor([[-1.0, -2.0, -3.0], [-1.2, -1.9, -2.5],   # positive: best at 0.6
+                           [-3.0, -2.0, -1.5], [-2.8, -2.2, -1.0]])  # negative: best at 1.4
+    assert likelihood_optimal_temperatures(loglik, torch.tensor([1.0, 0.5, -1.0, -0.2]), candidates) == (0.6, 1.4)
+    positive_only = likelihood_optimal_temperatures(loglik, torch.tensor([1.0, 0.0, 0.0, 0.0]), candidates)
+    assert positive_only[0] == 0.6 and math.isnan(positive_only[1])
+
+
+def test_class_temperature_curves_average_each_class_per_window():
+    samples = [
+        {"step": 1, "classes": ["digit", "operator", "digit"], "temperatures": [0.5, 1.0, 0.7]},
+        {"step": 2, "classes": ["digit", "end"], "temperatures": [0.9, 1.2]},
+        {"step": 3, "classes": ["digit"], "temperatures": [0.2]},
+    ]
+    curves = study.class_temperature_curves(samples, window=2)
+    assert curves["digit"] == [(1.5, pytest.approx((0.5 + 0.7 + 0.9) / 3)), (3.5, pytest.approx(0.2))]
+    assert curves["operator"] == [(1.5, 1.0)] and curves["end"] == [(1.5, 1.2)]

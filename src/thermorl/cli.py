@@ -335,6 +335,8 @@ def compare(
     """
     import os
 
+    from rich.markup import escape
+
     from thermorl.config import load_config
     from thermorl.study import compare as study
 
@@ -357,9 +359,9 @@ def compare(
     def finished(run: "study.Run", code: int) -> None:
         if run.done:
             acc = json.loads((run.out / "summary.json").read_text())["final_eval_accuracy"]
-            bar.console.print(f"{run.arm.label:>14} seed {run.seed}: greedy acc {acc:.3f}", highlight=False)
+            bar.console.print(f"{escape(run.arm.label):>14} seed {run.seed}: greedy acc {acc:.3f}", highlight=False)
         else:
-            bar.console.print(f"[red]{run.arm.label} seed {run.seed} failed (exit {code}); log {run.out}.log")
+            bar.console.print(f"[red]{escape(run.arm.label)} seed {run.seed} failed (exit {code}); log {run.out}.log")
         bar.advance(task)
 
     with bar:

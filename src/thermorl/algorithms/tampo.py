@@ -117,6 +117,21 @@ def tampo_outer_update(
     return new_abar, minmax_distribution(new_abar), batch_advantage
 
 
+def likelihood_optimal_temperatures(loglik: Tensor, advantages: Tensor, candidates: Tensor) -> tuple[float, float]:
+    """TAMPO's diagnostic T* = argmax_k mean_i l_k(y_i), over the trajectories with A_i > 0 and with A_i < 0.
+
+    loglik (N, K) from ``candidate_loglikelihoods``; NaN where the batch has no such trajectory. The paper
+    reads a higher T* for negative than for positive trajectories as the meta-policy's signal.
+    """
+    result = []
+    for rows in (advantages > 0, advantages < 0):
+        if rows.any():
+            result.append(round(float(candidates[loglik[rows].float().mean(dim=0).argmax()]), 6))  # float32 -> 0.6
+        else:
+            result.append(float("nan"))
+    return result[0], result[1]
+
+
 def top_p_candidates(probs: Tensor, top_p: float) -> Tensor:
     """pi restricted to its top-p nucleus and renormalised (Holtzman et al. 2020, over candidates).
 

@@ -33,13 +33,10 @@ from torch import Tensor  # noqa: E402
 
 from thermorl.engines.base import RolloutEngine  # noqa: E402
 from thermorl.models.policy import Policy  # noqa: E402
-from thermorl.tasks.base import Task  # noqa: E402
+from thermorl.tasks.base import CLASSES, Task, token_classes  # noqa: E402
 from thermorl.temperature.base import StepContext, TemperatureActions, TemperatureController  # noqa: E402
 from thermorl.temperature.entropy import logits_entropy  # noqa: E402
 
-CLASSES = ("digit", "operator", "separator", "final answer", "end", "other")
-OPERATORS = set("+-*/")
-SEPARATORS = set(",=")
 
 
 class _EntropyProbe(TemperatureController):
@@ -64,27 +61,6 @@ class _EntropyProbe(TemperatureController):
         for t, (rows, entropy) in enumerate(self.steps):
             table[rows.cpu(), t] = entropy.float().cpu()
         return table
-
-
-def token_classes(pieces: list[str], is_end: list[bool]) -> list[str]:
-    """The class of each token of one completion (see the module docstring)."""
-    last_equals = max((i for i, piece in enumerate(pieces) if "=" in piece), default=len(pieces))
-    classes = []
-    for i, (piece, end) in enumerate(zip(pieces, is_end)):
-        text = piece.strip()
-        if end:
-            classes.append("end")
-        elif i > last_equals:
-            classes.append("final answer")
-        elif text.isdigit():
-            classes.append("digit")
-        elif text and set(text) <= OPERATORS:
-            classes.append("operator")
-        elif text and set(text) <= SEPARATORS:
-            classes.append("separator")
-        else:
-            classes.append("other")
-    return classes
 
 
 @torch.no_grad()

@@ -53,6 +53,7 @@ from thermorl.runtime.resume import GracefulStop, LoopState, find_resume_point, 
 from thermorl.runtime.tracking import RunLogger
 from thermorl.study.evaluate import greedy_accuracy, sampled_metrics
 from thermorl.tasks import Task, build_task
+from thermorl.tasks.base import token_classes
 from thermorl.temperature import ControllerEnv, TemperatureController, build_controller
 from thermorl.temperature.fixed import FixedController
 
@@ -377,7 +378,8 @@ def _train_loop(
                     log.warning("step %d: evaluation skipped: %s", step, err)
             logger.log(metrics)
             if batch is not None and config.log.samples_per_step:
-                logger.samples(step, _sample_rows(batch, problems, texts, rewards, config.log.samples_per_step))
+                logger.samples(step, _sample_rows(batch, problems, texts, rewards, config.log.samples_per_step,
+                                                 c.policy.tokenizer))
             if state.bad_streak >= config.train.max_bad_steps:
                 _stop_diverged(c, config, out_dir, state, step)
             due = (config.train.checkpoint_every and step % config.train.checkpoint_every == 0) or step == config.train.steps
@@ -487,15 +489,19 @@ def save(c: Components, out_dir: Path, step: int, state: LoopState, keep: int) -
     )
 
 
-def _sample_rows(batch: RolloutBatch, problems: list, texts: list[str], rewards: torch.Tensor, count: int) -> list[dict]:
+def _sample_rows(
+    batch: RolloutBatch, problems: list, texts: list[str], rewards: torch.Tensor, count: int, tokenizer: Any
+) -> list[dict]:
     rows = []
     for i in range(min(count, len(texts))):
         length = int(batch.completion_mask[i].sum().item())
+        ids = batch.completion_ids[i, :length].tolist()
         rows.append({
             "prompt": problems[i].prompt,
             "completion": texts[i],
             "reward": rewards[i].item(),
             "temperatures": [round(t, 4) for t in batch.temperatures[i, :length].tolist()],
+            "classes": token_classes([tokenizer.decode([t]) for t in ids], [t == tokenizer.eos_token_id for t in ids]),
         })
     return rows
 

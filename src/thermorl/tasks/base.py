@@ -11,6 +11,34 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+CLASSES = ("digit", "operator", "separator", "final answer", "end", "other")  # see token_classes
+OPERATORS = set("+-*/")
+SEPARATORS = set(",=")
+
+
+def token_classes(pieces: list[str], is_end: list[bool]) -> list[str]:
+    """The class of each token of one completion: digit, operator (+ - * /), separator (, =), final answer
+    (every token after the last '='), end (EOS), other; used to see where a temperature policy runs hot."""
+    last_equals = max((i for i, piece in enumerate(pieces) if "=" in piece), default=len(pieces))
+    classes = []
+    for i, (piece, end) in enumerate(zip(pieces, is_end)):
+        text = piece.strip()
+        if end:
+            classes.append("end")
+        elif i > last_equals:
+            classes.append("final answer")
+        elif text.isdigit():
+            classes.append("digit")
+        elif text and set(text) <= OPERATORS:
+            classes.append("operator")
+        elif text and set(text) <= SEPARATORS:
+            classes.append("separator")
+        else:
+            classes.append("other")
+    return classes
+
+
+
 @dataclass(frozen=True)
 class Problem:
     prompt: str

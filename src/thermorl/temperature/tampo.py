@@ -18,7 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from thermorl.algorithms.tampo import candidate_loglikelihoods, tampo_outer_update, top_p_candidates
+from thermorl.algorithms.tampo import (
+    candidate_loglikelihoods,
+    likelihood_optimal_temperatures,
+    tampo_outer_update,
+    top_p_candidates,
+)
 from thermorl.config import TampoConfig
 from thermorl.errors import ConfigError
 from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController
@@ -38,6 +43,7 @@ class TampoController(TemperatureController):
         self.generator = torch.Generator().manual_seed(env.seed)
         self.row_temperatures = torch.ones(1, device=self.device)  # T_s of every row of the last rollout
         self.last_batch_advantage = torch.zeros(len(self.candidates))  # A_B of the last batch
+        self.tstar = (float("nan"), float("nan"))  # T* of the last batch's positive / negative trajectories
 
     def start(self, num_rows: int, training_step: int) -> None:
         """Draw T_s ~ top_p(pi): once for the batch, or once per prompt group."""
@@ -64,6 +70,7 @@ class TampoController(TemperatureController):
         self.abar, self.pi, self.last_batch_advantage = tampo_outer_update(
             self.abar, loglik.cpu(), advantages.cpu(), self.config.ema_alpha
         )
+        self.tstar = likelihood_optimal_temperatures(loglik.cpu(), advantages.cpu(), self.candidates)
 
     def metrics(self) -> dict[str, Any]:
         """Chosen temperature of the last rollout and pi after the last outer update (used next step)."""
@@ -73,6 +80,9 @@ class TampoController(TemperatureController):
             "tampo_abar": [round(a, 6) for a in self.abar.tolist()],
             "tampo_batch_advantage": [round(a, 6) for a in self.last_batch_advantage.tolist()],
         }
+        for name, value in zip(("tampo_tstar_positive", "tampo_tstar_negative"), self.tstar):
+            if value == value:  # NaN (no such trajectory) is not logged
+                values[name] = value
         if self.group_size is not None:
             group_temperatures = self.row_temperatures[:: self.group_size].tolist()
             values["tampo_group_temperatures"] = [round(t, 6) for t in group_temperatures]
