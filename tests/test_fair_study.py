@@ -192,3 +192,12 @@ def test_class_temperature_curves_average_each_class_per_window():
     curves = study.class_temperature_curves(samples, window=2)
     assert curves["digit"] == [(1.5, pytest.approx((0.5 + 0.7 + 0.9) / 3)), (3.5, pytest.approx(0.2))]
     assert curves["operator"] == [(1.5, 1.0)] and curves["end"] == [(1.5, 1.2)]
+
+
+def test_exploration_summary_reads_the_last_steps_and_every_evaluation():
+    rows = [{"step": 0, "eval_accuracy": 0.4}]
+    rows += [{"step": s, "temperature_mean": 1.0 if s <= 2 else 0.5, "zero_variance_groups": s / 10} for s in (1, 2, 3, 4)]
+    rows[-1]["eval_accuracy"] = 0.6
+    summary = study.exploration_summary(rows, last=2)
+    assert summary["temperature_last"] == 0.5 and summary["zero_variance_last"] == pytest.approx(0.35)
+    assert summary["accuracy_by_step"] == {0: 0.4, 4: 0.6}

@@ -260,6 +260,19 @@ def _sd(values: list[float]) -> float:
 # --------------------------------------------------------------------------- aggregation
 
 
+def exploration_summary(rows: list[dict], last: int = 50) -> dict:
+    """From one run's metrics.jsonl rows: the mean sampling temperature and the fraction of groups with zero
+    reward variance over its last ``last`` steps (a collapsing temperature shows in both), and its held-out
+    greedy accuracy at every evaluated step."""
+    trained = [r for r in rows if r.get("temperature_mean") is not None]
+    tail = [r for r in trained if r["step"] > trained[-1]["step"] - last] if trained else []
+    return {
+        "temperature_last": sum(r["temperature_mean"] for r in tail) / len(tail) if tail else float("nan"),
+        "zero_variance_last": sum(r["zero_variance_groups"] for r in tail) / len(tail) if tail else float("nan"),
+        "accuracy_by_step": {r["step"]: r["eval_accuracy"] for r in rows if r.get("eval_accuracy") is not None},
+    }
+
+
 def aggregate(out: Path, arms: list[Arm], seeds: int) -> dict:
     """Read every finished run of the study and write compare.json, compare.md and the plots."""
     runs = plan_runs(out, arms, seeds)
@@ -280,6 +293,14 @@ def aggregate(out: Path, arms: list[Arm], seeds: int) -> dict:
         updates = [per_seed[s].get("lm_updates") for s in sorted(per_seed)]
         if updates and None not in updates:
             row["lm_updates"] = sum(updates) / len(updates)
+        explored = [exploration_summary(read_metrics(r.out / "metrics.jsonl"))
+                    for r in runs if r.arm == arm and r.done]
+        if explored:
+            for key in ("temperature_last", "zero_variance_last"):
+                row[key] = sum(e[key] for e in explored) / len(explored)
+            steps = sorted(set.intersection(*(set(e["accuracy_by_step"]) for e in explored)))
+            row["accuracy_by_step"] = {step: sum(e["accuracy_by_step"][step] for e in explored) / len(explored)
+                                       for step in steps}
         for key, _ in METRICS:
             values = [per_seed[s][key] for s in sorted(per_seed) if key in per_seed[s]]
             if values and len(values) == len(per_seed):
@@ -344,12 +365,15 @@ def markdown_table(result: dict) -> str:
         f"(greedy), warm start {result['warm_start_accuracy']:.3f}; LM updates: optimizer steps of the language "
         "model per run.",
         "",
-        "| arm | LM updates | " + " | ".join(label.format(k=k, t=t) for _, label in METRICS)
+        "| arm | LM updates | mean T, zero-var groups (last 50 steps) | "
+        + " | ".join(label.format(k=k, t=t) for _, label in METRICS)
         + " | greedy acc - best fixed (paired) | runs |",
-        "|---|" + "---|" * (len(METRICS) + 3),
+        "|---|" + "---|" * (len(METRICS) + 4),
     ]
     for label, row in result["arms"].items():
         cells = [f"{row['lm_updates']:.0f}" if "lm_updates" in row else "-"]
+        cells.append(f"{row['temperature_last']:.2f}, {row['zero_variance_last']:.0%}" if "temperature_last" in row
+                     else "-")
         cells += [f"{row[k]['mean']:.3f} +- {row[k]['ci95']:.3f}" if k in row else "-" for k, _ in METRICS]
         paired = row.get("vs_best_fixed")
         cells.append(f"{paired['mean_difference']:+.3f} +- {paired['ci95']:.3f} (p {paired['p_value']:.2g})"
