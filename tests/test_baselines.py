@@ -177,6 +177,10 @@ def test_cli_tampo_run_logs_its_distribution_and_draws_heatmap(cli_runs):
         assert len(row["tampo_distribution"]) == 10 and sum(row["tampo_distribution"]) == pytest.approx(1.0)
         assert row["temperature_mean"] == pytest.approx(row["tampo_temperature"], abs=1e-5)  # one T_s per batch
     assert (run / "tampo_heatmap.png").stat().st_size > 0
+    assert (run / "tampo_tstar.png").stat().st_size > 0
+    for row in rows:  # T* is logged only for trajectories with a non-zero advantage
+        if row["reward_std"] == 0:
+            assert "tampo_tstar_positive" not in row and "tampo_tstar_negative" not in row
     checkpoint = sorted((run / "checkpoints").iterdir())[-1]
     assert json.loads((checkpoint / "state.json").read_text())["controller"]["candidates"] == pytest.approx(
         [0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5]

@@ -114,11 +114,32 @@ def plot_tampo_heatmap(metrics_path: Path, candidates: list[float], out_path: Pa
     plt.close(fig)
 
 
+def plot_tampo_tstar(metrics_path: Path, out_path: Path, title: str = "") -> None:
+    """The likelihood-optimal temperature T* of the batch's positive- and negative-advantage trajectories
+    per step (TAMPO's own analysis), beside the temperature the meta-policy drew."""
+    rows = read_metrics(metrics_path)
+    fig, axis = plt.subplots(figsize=(9, 4))
+    for key, label in (("tampo_tstar_positive", "T* of trajectories with A > 0"),
+                       ("tampo_tstar_negative", "T* of trajectories with A < 0"),
+                       ("tampo_temperature", "drawn T_s")):
+        points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            axis.plot(*zip(*points), marker=".", linewidth=0.8, label=label)
+    axis.set(xlabel="GRPO step", ylabel="temperature", title=title or "TAMPO: likelihood-optimal temperature T*")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+
+
 def plot_run_temperatures(run_dir: Path, temperature: TemperatureConfig) -> None:
-    """The end-of-run figures: RUN/temperature.png, plus RUN/tampo_heatmap.png for TAMPO runs."""
+    """The end-of-run figures: RUN/temperature.png, plus RUN/tampo_heatmap.png and RUN/tampo_tstar.png for
+    TAMPO runs."""
     plot_temperature_usage(run_dir, run_dir / "temperature.png", f"temperature used by '{temperature.controller}'")
     if temperature.controller == "tampo":
         plot_tampo_heatmap(run_dir / "metrics.jsonl", temperature.tampo.candidates, run_dir / "tampo_heatmap.png")
+        plot_tampo_tstar(run_dir / "metrics.jsonl", run_dir / "tampo_tstar.png")
 
 
 def plot_temperature_comparison(run_dirs: list[Path], out_path: Path) -> None:
