@@ -1,15 +1,18 @@
-"""Data-parallel equivalence worker, run once in-process and once under
-``accelerate launch --num_processes 2 --cpu`` by test_distributed.py.
+"""Data-parallel and FSDP equivalence worker, run once in-process and under
+``torch.distributed.run --nproc_per_node 2`` (``python dp_worker.py OUT [ddp|fsdp]``) by test_distributed.py.
 
 Every process samples the same *global* batch (same weights, same seed), keeps its contiguous
-share of whole groups and runs the real ``grpo_update``; with gradients all-reduced and losses
-scaled by token share, two processes must reproduce the one-process metrics and weights.
-Then a short real ``train()`` runs in the same processes (the end-to-end path).
+share of whole groups and runs the real ``grpo_update``; with gradients averaged (all-reduce, or
+FSDP's reduce-scatter) and losses scaled by token share, two processes must reproduce the
+one-process metrics and weights. TAMPO's outer update runs on the same global batch of logits.
+Then short real ``train()`` runs in the same processes: the end-to-end path (FSDP: the
+uninterrupted reference of the kill/resume test, and a run with a NaN in one process only).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -17,10 +20,14 @@ from pathlib import Path
 import torch
 
 from thermorl.algorithms.grpo import group_advantages
-from thermorl.config import load_config
+from thermorl.config import TampoConfig, load_config
 from thermorl.engines.hf import decode_completions, encode_prompts, sample
 from thermorl.runtime.distributed import gather_batch
+from thermorl.runtime.fsdp import full_weights
 from thermorl.runtime.trainer import batch_statistics, build_components, grpo_update, train
+from thermorl.temperature import CONTROLLERS, ControllerEnv
+from thermorl.temperature.base import TemperatureActions
+from thermorl.temperature.tampo import TampoController
 
 HERE = Path(__file__).resolve().parent
 PROMPTS, GROUP = 4, 4
@@ -32,17 +39,56 @@ OVERRIDES = [
     "log.tensorboard=false", f"task.reward={HERE / 'user_rewards.py'}:digit_fraction", "algorithm.lr=0.01",
     "temperature.controller=introspective", "temperature.introspective.schedule=joint",
 ]
+# the FSDP kill/resume runs (tests/test_distributed.py passes the same settings to `thermorl train`)
+RESUME_STEPS = 6
+RESUME_OVERRIDES = [
+    *OVERRIDES, "distributed.strategy=fsdp", f"train.steps={RESUME_STEPS}", "train.checkpoint_every=2",
+    "train.keep_checkpoints=3", "task.reward_timeout_s=600",
+    f"task.reward={HERE / 'user_rewards.py'}:held_at_checkpoint",
+]
 
 
-def run(out: Path) -> dict:
-    config = load_config(None, OVERRIDES)
+def full_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter unsharded (a collective under FSDP, same order in every process)."""
+    from torch.distributed.tensor import DTensor
+
+    return {n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone() for n, p in model.named_parameters()}
+
+
+def tampo_distribution(dist) -> list[float]:
+    """pi after one outer update on a fixed global batch of 8 rows, each process holding its share."""
+    torch.manual_seed(11)
+    logits, tokens = torch.randn(8, 5, 7) * 3, torch.randint(0, 7, (8, 5))
+    mask = (torch.rand(8, 5) > 0.2).float()
+    advantages = torch.randn(8)
+    env = ControllerEnv(4, 10, torch.device("cpu"), 2, 0, dist.gather_rows, dist.rank, dist.world_size)
+    controller = TampoController(TampoConfig(), env)
+    rows = torch.tensor(dist.shard(list(range(8))))
+    controller.after_update(TemperatureActions(), advantages[rows], mask[rows], tokens[rows], logits[rows])
+    return controller.pi.tolist()
+
+
+class NanInProcessOne(CONTROLLERS["introspective"]):
+    """The introspective controller, except that process 1 samples NaN temperatures at step 2."""
+
+    def choose(self, ctx):
+        temperatures, records = super().choose(ctx)
+        if ctx.training_step == 2 and os.environ.get("RANK") == "1":
+            temperatures = temperatures * float("nan")
+        return temperatures, records
+
+
+def run(out: Path, strategy: str = "ddp") -> dict:
+    config = load_config(None, [*OVERRIDES, f"distributed.strategy={strategy}"])
     c = build_components(config)
+    tag = "fsdp" if c.dist.fsdp is not None else str(c.dist.world_size)
     steps = []
     for step in (1, 2):
         problems = [p for p in c.task.train_problems(random.Random(step), PROMPTS) for _ in range(GROUP)]
         prompt_ids, prompt_mask = encode_prompts(c.policy, [p.prompt for p in problems])
         c.policy.model.eval()
-        batch = sample(c.policy, c.controller, prompt_ids, prompt_mask, 8, torch.Generator().manual_seed(step))
+        with full_weights(c.policy):
+            batch = sample(c.policy, c.controller, prompt_ids, prompt_mask, 8, torch.Generator().manual_seed(step))
         c.policy.model.train()
         rewards = torch.tensor([c.task.reward(p, t) for p, t in zip(problems, decode_completions(c.policy, batch))])
         rows = torch.tensor(c.dist.shard(list(range(len(problems)))))
@@ -51,16 +97,21 @@ def run(out: Path) -> dict:
         metrics = batch_statistics(*gather_batch(c.dist, local, local_rewards), GROUP)
         metrics.update(grpo_update(c, config, local, advantages, step, torch.Generator().manual_seed(0)))
         steps.append(metrics)
-    weights = {n: p.detach().clone() for n, p in c.policy.model.named_parameters()}
+    weights = full_parameters(c.policy.model)
     weights.update({f"head.{n}": p.detach().clone() for n, p in c.controller.module.named_parameters()})
-    result = {"world_size": c.dist.world_size, "steps": steps}
+    result = {"world_size": c.dist.world_size, "steps": steps, "tampo_pi": tampo_distribution(c.dist)}
     if c.dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        torch.save(weights, out / f"weights-{c.dist.world_size}.pt")
-        (out / f"metrics-{c.dist.world_size}.json").write_text(json.dumps(result))
-    train(config, out / f"run-{c.dist.world_size}")
+        torch.save(weights, out / f"weights-{tag}.pt")
+        (out / f"metrics-{tag}.json").write_text(json.dumps(result))
+    train(config, out / f"run-{tag}")
+    if tag == "fsdp":
+        train(load_config(None, RESUME_OVERRIDES), out / "fsdp-reference")
+        CONTROLLERS["introspective"] = NanInProcessOne
+        nan_config = load_config(None, [*OVERRIDES, "distributed.strategy=fsdp", "train.steps=3"])
+        train(nan_config, out / "fsdp-nan")
     return result
 
 
 if __name__ == "__main__":
-    run(Path(sys.argv[1]))
+    run(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "ddp")

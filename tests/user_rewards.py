@@ -1,6 +1,8 @@
 """Reward functions a user might write (TRL signature), loaded with --set task.reward=tests/user_rewards.py:NAME."""
 
+import os
 import time
+from pathlib import Path
 
 
 def digit_fraction(prompts, completions, **columns):
@@ -34,3 +36,16 @@ def flaky(prompts, completions, **columns):
     if any(ch.isdigit() for text in completions for ch in text):
         raise RuntimeError("flaky scorer")
     return [1.0] * len(completions)
+
+
+def held_at_checkpoint(prompts, completions, **columns):
+    """digit_fraction; but once the directory $THERMORL_TEST_HOLD_AT exists (a checkpoint), every call
+    writes $THERMORL_TEST_MARKERS/held-<RANK> (its pid) and waits for $THERMORL_TEST_MARKERS/release:
+    holds a run mid-step, so a test can signal or kill it at a known point without timing."""
+    hold_at, markers = os.environ.get("THERMORL_TEST_HOLD_AT"), os.environ.get("THERMORL_TEST_MARKERS")
+    if hold_at and markers and Path(hold_at).is_dir():
+        Path(markers, f"held-{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
+        give_up = time.monotonic() + 900  # only so that a failed test cannot leave it waiting for ever
+        while not Path(markers, "release").exists() and time.monotonic() < give_up:
+            time.sleep(0.01)
+    return digit_fraction(prompts, completions)

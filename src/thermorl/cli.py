@@ -282,15 +282,17 @@ def _evaluate_benchmarks(
 
 
 def _resolve_checkpoint(path: Path) -> tuple[Optional[Path], Optional[Path]]:
-    """(run config.yaml or None, model directory) for a run dir, a checkpoint dir or a model dir."""
+    """(run config.yaml or None, model directory) for a run dir, a checkpoint dir or a model dir;
+    a sharded (FSDP) checkpoint is consolidated into its ``model/`` first."""
     from thermorl.runtime.checkpoint import list_checkpoints
+    from thermorl.runtime.sharded import consolidated_model_dir, has_shards
 
     if not path.exists():
         raise ThermoRLError(f"checkpoint {path} does not exist")
     if (path / "config.yaml").is_file() and list_checkpoints(path):
-        return path / "config.yaml", list_checkpoints(path)[-1] / "model"
-    if (path / "model").is_dir() and (path.parent.parent / "config.yaml").is_file():
-        return path.parent.parent / "config.yaml", path / "model"
+        return path / "config.yaml", consolidated_model_dir(list_checkpoints(path)[-1], path / "config.yaml")
+    if ((path / "model").is_dir() or has_shards(path)) and (path.parent.parent / "config.yaml").is_file():
+        return path.parent.parent / "config.yaml", consolidated_model_dir(path, path.parent.parent / "config.yaml")
     if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
         return None, path
     raise ThermoRLError(f"{path} is neither a run directory, a checkpoint, nor a model directory")

@@ -404,6 +404,26 @@ class LogConfig:
 
 
 @dataclass
+class DistributedConfig:
+    strategy: Literal["auto", "ddp", "fsdp"] = doc(
+        "With several processes (accelerate launch / torchrun): fsdp shards the language model's weights, gradients "
+        "and AdamW state with FSDP2 (decoder layers one unit each; the temperature head replicated); ddp keeps a "
+        "full copy per process; auto = fsdp when the accelerate config says distributed_type: FSDP, else ddp.",
+        "auto",
+    )
+    fsdp_reshard_after_forward: bool = doc(
+        "FSDP: free each decoder layer's gathered weights after its forward (least memory; one more gather in "
+        "backward). An accelerate FSDP config's own setting wins.",
+        True,
+    )
+    fsdp_mixed_precision: Literal["no", "bf16"] = doc(
+        "FSDP on GPUs: bf16 gathers and computes in bfloat16 with float32 master weights, AdamW state and "
+        "gradient reduction (keep model.dtype=float32). Activation checkpointing is model.gradient_checkpointing.",
+        "no",
+    )
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -412,6 +432,7 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> "Config":
         for section in list(walk_sections(self))[1:]:

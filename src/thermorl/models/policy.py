@@ -32,6 +32,7 @@ BUILTIN_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 class Policy:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
+    sharded: Any = None  # FSDP root (runtime.fsdp.ShardedForward) once the model is sharded over processes
 
     def __post_init__(self) -> None:
         # transformers >= 5.2x names the KV-cache argument `cache`; earlier releases `past_key_values`.
@@ -59,7 +60,8 @@ class Policy:
     ) -> tuple[Tensor, Cache | None]:
         """Last-layer hidden states (B, L, d) and the updated cache."""
         cache_kwarg = self._cache_kwarg
-        out = self.model.get_decoder()(
+        decoder = self.sharded.hidden if self.sharded is not None else self.model.get_decoder()
+        out = decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -70,7 +72,8 @@ class Policy:
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Float32 logits from hidden states of any leading shape."""
-        return self.model.get_output_embeddings()(hidden).float()
+        head = self.sharded.logits if self.sharded is not None else self.model.get_output_embeddings()
+        return head(hidden).float()
 
 
 def resolve_device(name: str) -> torch.device:

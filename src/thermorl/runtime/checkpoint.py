@@ -7,6 +7,11 @@ Layout of ``RUN/checkpoints/step-000100/``:
   state.json             step, controller scalars, optimizer hyper-parameters, RNG states
   manifest.json          sha256 of every file above (written last)
 
+Under several processes every process's random streams are saved (``rank{k}.rng.*`` tensors and
+``state.json["ranks"]``), so a resumed multi-process run continues exactly. An FSDP run writes
+``sharded/`` (every process's shard of the model and its AdamW state, ``runtime.sharded``)
+instead of ``model/``; its last checkpoint holds a consolidated ``model/`` too.
+
 A checkpoint is written into a temporary sibling directory, fsynced, then renamed, so a
 crash never leaves a half-written ``step-*`` directory. Nothing is unpickled on load.
 Resuming takes the newest checkpoint whose manifest verifies and skips (with a warning)
@@ -84,9 +89,14 @@ def rng_state(
 
 def restore_rng(
     tensors: dict[str, torch.Tensor], state: dict[str, Any], generator: torch.Generator, data_rng: random.Random,
-    eval_generator: torch.Generator | None = None,
+    eval_generator: torch.Generator | None = None, rank: int = 0,
 ) -> None:
-    """Inverse of ``rng_state``."""
+    """Inverse of ``rng_state``; ``rank`` picks that process's streams of a multi-process checkpoint."""
+    python = state["rng"]["python"]
+    if rank:
+        prefix = f"rank{rank}."
+        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        python = state["ranks"][str(rank)]["python"]
     torch.set_rng_state(tensors["rng.torch"])
     generator.set_state(tensors["rng.sampler"])
     if eval_generator is not None and "rng.eval" in tensors:
@@ -95,7 +105,7 @@ def restore_rng(
     cuda = [tensors[f"rng.cuda.{i}"] for i in cuda_devices]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
-    data_rng.setstate(from_json_rng(state["rng"]["python"]))
+    data_rng.setstate(from_json_rng(python))
 
 
 def save_checkpoint(
@@ -110,19 +120,24 @@ def save_checkpoint(
     keep: int,
     eval_generator: torch.Generator | None = None,
     trainer_state: dict[str, Any] | None = None,
+    ranks: list[tuple[dict[str, torch.Tensor], dict[str, Any]]] = (),
+    prepared: dict[str, Any] | None = None,
 ) -> Path:
     """Atomically write checkpoint ``step`` and prune to the ``keep`` most recent.
 
+    ``ranks``: (tensors, JSON state) of processes 1..N-1 (their random streams), saved beside process 0's.
+    ``prepared``: the model part is already in ``temporary_dir(run_dir, step)`` (an FSDP run's shards,
+    written by every process); its value (e.g. the sharded optimizer's param_groups) goes to state.json.
     A write that fails (disk full, permissions) removes its temporary directory, leaves every
     earlier checkpoint as it was, and raises ``CheckpointError``.
     """
     root = run_dir / "checkpoints"
     final = root / f"{CHECKPOINT_PREFIX}{step:06d}"
-    tmp = root / f".tmp-{final.name}"
+    tmp = temporary_dir(run_dir, step)
     try:
         _write_checkpoint(
             root, tmp, final, step, model, tokenizer, controller_state, optimizers, generator, data_rng,
-            eval_generator, trainer_state or {},
+            eval_generator, trainer_state or {}, list(ranks), prepared,
         )
     except (OSError, SafetensorError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -132,16 +147,35 @@ def save_checkpoint(
     return final
 
 
+def temporary_dir(run_dir: Path, step: int) -> Path:
+    """Where checkpoint ``step`` is written before it is renamed into place."""
+    return run_dir / "checkpoints" / f".tmp-{CHECKPOINT_PREFIX}{step:06d}"
+
+
+def begin_checkpoint(run_dir: Path, step: int) -> Path:
+    """An empty temporary directory for checkpoint ``step`` (for parts written by every process)."""
+    tmp = temporary_dir(run_dir, step)
+    try:
+        tmp.parent.mkdir(exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise CheckpointError(f"cannot write checkpoint {tmp}: {_io_reason(err)}") from None
+    return tmp
+
+
 def _write_checkpoint(
     root: Path, tmp: Path, final: Path, step: int, model: Any, tokenizer: Any, controller_state: dict[str, Any],
     optimizers: dict[str, torch.optim.Optimizer | None], generator: torch.Generator, data_rng: random.Random,
     eval_generator: torch.Generator | None, trainer_state: dict[str, Any],
+    ranks: list[tuple[dict[str, torch.Tensor], dict[str, Any]]], prepared: dict[str, Any] | None,
 ) -> None:
     root.mkdir(exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    model.save_pretrained(tmp / "model")
-    tokenizer.save_pretrained(tmp / "model")
+    if prepared is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        model.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
 
     controller_tensors, controller_rest = split_state(controller_state)
     save_file(controller_tensors, str(tmp / "controller.safetensors"))
@@ -152,11 +186,18 @@ def _write_checkpoint(
         optimizer_tensors.update({f"{name}.{k}": v for k, v in tensors.items()})
         optimizer_meta[name] = meta
     rng_tensors, rng_meta = rng_state(generator, data_rng, eval_generator)
+    for rank, (tensors, _) in enumerate(ranks, start=1):
+        rng_tensors.update({f"rank{rank}.{name}": tensor.cpu().contiguous() for name, tensor in tensors.items()})
     save_file({**optimizer_tensors, **rng_tensors}, str(tmp / "optimizer.safetensors"))
     state = {
         "step": step, "controller": controller_rest, "optimizers": optimizer_meta, "rng": rng_meta,
         "trainer": trainer_state,
     }
+    if ranks:
+        state["world_size"] = len(ranks) + 1
+        state["ranks"] = {str(rank): meta for rank, (_, meta) in enumerate(ranks, start=1)}
+    if prepared is not None:
+        state["sharded"] = prepared
     (tmp / "state.json").write_text(json.dumps(state))
 
     manifest = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}

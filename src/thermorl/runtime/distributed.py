@@ -11,7 +11,14 @@ two gloo processes): with token-mean aggregation each process scales its loss by
 global token mean; with seq-mean every process holds the same number of sequences (scale 1).
 Gradients are averaged by hand (flattened all-reduce) rather than by a DDP wrapper because the
 policy runs its decoder stack directly (``Policy.hidden``), which a DDP wrapper would not see.
-FSDP and DeepSpeed are not supported (the accelerate config must be MULTI_GPU or MULTI_CPU).
+With ``distributed.strategy: fsdp`` (or an accelerate config with ``distributed_type: FSDP``) the
+language model is sharded with FSDP2 instead (``runtime.fsdp``); its gradients are then averaged
+by FSDP's reduce-scatter and only the replicated temperature head's here. DeepSpeed is refused.
+
+Faults are coordinated: an error that would skip or stop a step in one process (NaN/inf,
+a failing reward function) is raised in every process (``coordinated``), and a Ctrl-C or SIGTERM
+that reaches one process stops all of them at the same step (``any_process``), so no process is left
+waiting in a collective for one that has gone.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +36,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from thermorl.errors import ConfigError
+from thermorl import errors
+from thermorl.errors import ConfigError, NonFiniteError, ThermoRLError
 
 T = TypeVar("T")
 _RANK_SEED_STRIDE = 1_000_003  # sampling seeds of processes 1..N-1: seed + rank * stride
@@ -51,6 +60,7 @@ class Distributed:
     world_size: int = 1
     rank: int = 0
     device: torch.device | None = None  # this process's device (None: keep model.device)
+    fsdp: Any = None  # runtime.fsdp.FsdpSettings when the language model is sharded with FSDP2
 
     @property
     def enabled(self) -> bool:
@@ -96,8 +106,9 @@ class Distributed:
             return
         buckets: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
         for p in _parameters(modules):
-            # every process runs the same code path, so the same parameters hold gradients everywhere
-            if p.grad is not None:
+            # every process runs the same code path, so the same parameters hold gradients everywhere;
+            # sharded (FSDP) gradients were averaged by FSDP's reduce-scatter already
+            if p.grad is not None and not _is_dtensor(p.grad):
                 buckets.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
         for grads in buckets.values():
             flat = torch.cat([g.reshape(-1) for g in grads])
@@ -130,6 +141,12 @@ class Distributed:
         values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self._comm_device)
         torch.distributed.all_reduce(values)
         return dict(zip(keys, (values / self.world_size).tolist()))
+
+    def total(self, counts: dict[str, int]) -> dict[str, int]:
+        """Sum over processes of each count (every process passes the same keys)."""
+        if not self.enabled:
+            return counts
+        return {k: round(v * self.world_size) for k, v in self.mean(counts).items()}
 
     def weighted_mean(
         self, metrics: dict[str, float], weights: dict[str, float], default_weight: float = 1.0
@@ -174,6 +191,64 @@ class Distributed:
         if self.enabled:
             torch.distributed.barrier()
 
+    # -- coordination -----------------------------------------------------------------------
+    def any_process(self, flag: bool) -> bool:
+        """Whether ``flag`` is true in some process (e.g. a stop signal that reached only one)."""
+        if not self.enabled:
+            return flag
+        value = torch.tensor([int(flag)], device=self._comm_device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value.item())
+
+    def agree(self, ok: bool) -> bool:
+        """Whether ``ok`` holds in every process (e.g. a finite loss before a collective backward)."""
+        return not self.any_process(not ok)
+
+    def gather_objects(self, value: Any) -> list[Any]:
+        """Every process's ``value`` (small JSON-like objects or CPU tensors), in rank order."""
+        if not self.enabled:
+            return [value]
+        values: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(values, value)
+        return values
+
+    def broadcast_object(self, value: Any, src: int = 0) -> Any:
+        """Process ``src``'s ``value`` in every process."""
+        if not self.enabled:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=src, device=self._comm_device)
+        return box[0]
+
+    def raise_together(self, error: BaseException | None) -> None:
+        """Raise in every process if any process failed: its own error where it failed, elsewhere the
+        same kind of error naming the first failing process."""
+        if not self.enabled:
+            if error is not None:
+                raise error
+            return
+        reports = self.gather_objects(None if error is None else (type(error).__name__, str(error)))
+        failed = [(rank, report) for rank, report in enumerate(reports) if report is not None]
+        if error is not None:
+            raise error
+        if failed:
+            rank, (kind, message) = failed[0]
+            cls = getattr(errors, kind, None)
+            if not (isinstance(cls, type) and issubclass(cls, (ThermoRLError, NonFiniteError))):
+                cls = ThermoRLError
+            raise cls(f"{message} (in process {rank})")
+
+    @contextmanager
+    def coordinated(self) -> Iterator[None]:
+        """A NaN/inf (NonFiniteError) or a user-facing error (ThermoRLError, e.g. a reward function
+        failing under task.reward_fail_fast) raised in the block in one process is raised in all."""
+        error: BaseException | None = None
+        try:
+            yield
+        except (NonFiniteError, ThermoRLError) as err:
+            error = err
+        self.raise_together(error)
+
     def output_dir(self, out_dir: Path) -> Path:
         """Where this process writes: the run directory for process 0, a scratch directory for the others."""
         if self.is_main:
@@ -187,6 +262,12 @@ class Distributed:
         """gloo reduces CPU tensors; NCCL needs them on this process's GPU."""
         backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "gloo"
         return self.device if backend == "nccl" and self.device is not None else torch.device("cpu")
+
+
+def _is_dtensor(tensor: Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
 
 
 def _parameters(modules: Iterable[torch.nn.Module | None]) -> list[torch.nn.Parameter]:
@@ -220,9 +301,20 @@ def gather_batch(dist: Distributed, batch: Any, rewards: Tensor) -> tuple[Any, T
     return gathered, dist.gather_rows(rewards)
 
 
-def setup_distributed(prompts_per_step: int) -> Distributed:
+def setup_distributed(prompts_per_step: int, strategy: str = "auto", fsdp: Any = None) -> Distributed:
     """A single-process Distributed, or under a launcher with N > 1 processes an initialised
-    process group (through ``accelerate.Accelerator``: NCCL on GPUs, gloo on CPU)."""
+    process group (through ``accelerate.Accelerator``: NCCL on GPUs, gloo on CPU).
+
+    ``strategy`` (``distributed.strategy``): ``auto`` shards with FSDP2 when the accelerate config
+    says ``distributed_type: FSDP`` and trains data-parallel otherwise; ``fsdp`` shards under any
+    launcher (plain torchrun included); ``ddp`` never shards. ``fsdp`` holds the ``distributed.fsdp_*``
+    settings (``runtime.fsdp.FsdpSettings``) used where no accelerate config gives them.
+    """
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise ConfigError(
+            "DeepSpeed ZeRO is not supported (it cannot be built or tested on CPU here); use an accelerate config "
+            "with distributed_type: FSDP and fsdp_version: 2 (ZeRO-3-style sharding), or distributed.strategy=fsdp"
+        )
     world_size = launched_world_size()
     if world_size <= 1:
         return Distributed()
@@ -234,10 +326,18 @@ def setup_distributed(prompts_per_step: int) -> Distributed:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
 
+    from thermorl.runtime.fsdp import FsdpSettings, accelerate_fsdp_settings
+
+    fsdp = fsdp or FsdpSettings()
+    from_accelerate = accelerate_fsdp_settings(fsdp)  # before Accelerator(), which would take FSDP1 as given
     accelerator = Accelerator()
-    if accelerator.distributed_type not in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU, DistributedType.NO):
+    supported = (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU, DistributedType.NO, DistributedType.FSDP)
+    if accelerator.distributed_type not in supported:
         raise ConfigError(
-            f"accelerate distributed type {accelerator.distributed_type} is not supported; thermorl trains "
-            "data-parallel (use an accelerate config with distributed_type MULTI_GPU or MULTI_CPU)"
+            f"accelerate distributed type {accelerator.distributed_type} is not supported; use an accelerate config "
+            "with distributed_type MULTI_GPU, MULTI_CPU or FSDP (fsdp_version: 2)"
         )
-    return Distributed(accelerator.num_processes, accelerator.process_index, accelerator.device)
+    settings = None
+    if strategy == "fsdp" or (strategy == "auto" and from_accelerate is not None):
+        settings = from_accelerate or fsdp
+    return Distributed(accelerator.num_processes, accelerator.process_index, accelerator.device, settings)

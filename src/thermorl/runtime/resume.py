@@ -24,6 +24,7 @@ import torch
 from thermorl.config import Config, dump_config
 from thermorl.errors import CheckpointError, ThermoRLError
 from thermorl.runtime import checkpoint as ckpt
+from thermorl.runtime import sharded
 from thermorl.runtime.tracking import truncate_jsonl
 
 if TYPE_CHECKING:
@@ -117,18 +118,24 @@ class LoopState:
 
 
 def restore(c: Components, state: LoopState, point: ResumePoint) -> None:
-    """Load model, optimizers, controller, reward counters and every random stream from a checkpoint."""
+    """Load model, optimizers, controller, reward counters and every random stream from a checkpoint
+    (this process's own streams under several processes; its own shards under FSDP)."""
+    _check_layout(c, point)
+    is_sharded = "sharded" in point.state
     try:
-        ckpt.load_model_weights(c.policy.model, point.path / "model")
+        if is_sharded:
+            sharded.load_shards(point.path, c.policy.model, c.lm_optimizer, point.state["sharded"]["lm_param_groups"])
+        else:
+            ckpt.load_model_weights(c.policy.model, point.path / "model")
         c.controller.load_state_dict({**point.state["controller"], **point.controller_tensors})
         for name, optimizer in (("lm", c.lm_optimizer), ("head", c.head_optimizer)):
-            if optimizer is not None:
+            if optimizer is not None and not (is_sharded and name == "lm"):
                 prefix = f"{name}."
                 tensors = {k[len(prefix):]: v for k, v in point.tensors.items() if k.startswith(prefix)}
                 ckpt.load_optimizer_state(optimizer, tensors, point.state["optimizers"][name])
     except (KeyError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {point.path} does not match the run's configuration: {err}") from None
-    ckpt.restore_rng(point.tensors, point.state, state.generator, state.data_rng, state.eval_generator)
+    ckpt.restore_rng(point.tensors, point.state, state.generator, state.data_rng, state.eval_generator, c.dist.rank)
     saved = point.state.get("trainer", {})
     state.initial_eval = saved.get("initial_eval", {})
     state.last_eval = saved.get("last_eval", {})
@@ -137,8 +144,23 @@ def restore(c: Components, state: LoopState, point: ResumePoint) -> None:
     state.train_time = saved.get("train_time_s", 0.0)
     state.lm_updates = saved.get("lm_updates", 0)
     state.head_updates = saved.get("head_updates", 0)
-    if c.reward is not None and "reward" in saved:
-        c.reward.load_state_dict(saved["reward"])
+    reward = point.state["ranks"][str(c.dist.rank)]["reward"] if c.dist.rank else saved.get("reward")
+    if c.reward is not None and reward is not None:
+        c.reward.load_state_dict(reward)
+
+
+def _check_layout(c: Components, point: ResumePoint) -> None:
+    """A checkpoint resumes under the number of processes and the sharding that wrote it."""
+    written_by = point.state.get("world_size", 1)
+    if written_by != c.dist.world_size:
+        raise CheckpointError(
+            f"checkpoint {point.path} was written by {written_by} process(es); resume it with {written_by} "
+            f"(it holds every process's random streams), not {c.dist.world_size}"
+        )
+    if ("sharded" in point.state) != (c.dist.fsdp is not None):
+        kind = "sharded (FSDP)" if "sharded" in point.state else "not sharded"
+        strategy = "fsdp" if "sharded" in point.state else "ddp"
+        raise CheckpointError(f"checkpoint {point.path} is {kind}; resume it with distributed.strategy={strategy}")
 
 
 def rewind_run_dir(out_dir: Path, config: Config, step: int) -> None:

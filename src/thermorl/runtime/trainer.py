@@ -44,6 +44,8 @@ from thermorl.algorithms.schedule import lr_factor
 from thermorl.config import Config, FixedConfig, dump_config
 from thermorl.engines import RolloutBatch, RolloutEngine, build_engine
 from thermorl.engines.hf import score
+from thermorl.runtime import fsdp, sharded
+from thermorl.runtime.runlock import LOCK_NAME, RunLock
 from thermorl.errors import ModelLoadError, NonFiniteError, ThermoRLError, TrainingDivergedError
 from thermorl.models.policy import Policy, load_policy
 from thermorl.rewards.guard import RewardGuard
@@ -84,19 +86,28 @@ def build_components(config: Config, policy: Policy | None = None) -> Components
     torch.manual_seed(config.train.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    dist = setup_distributed(config.rollout.prompts_per_step)
+    dc = config.distributed
+    dist = setup_distributed(
+        config.rollout.prompts_per_step, dc.strategy,
+        fsdp.FsdpSettings(dc.fsdp_reshard_after_forward, dc.fsdp_mixed_precision, config.model.gradient_checkpointing),
+    )
     if policy is None:
         policy = load_policy(replace(config.model, device=str(dist.device)) if dist.enabled else config.model,
                              seed=config.train.seed)
     task = build_task(config.task)
     env = ControllerEnv(
-        policy.hidden_size, config.train.steps, policy.device, config.rollout.group_size, config.train.seed
+        policy.hidden_size, config.train.steps, policy.device, config.rollout.group_size, config.train.seed,
+        gather_rows=dist.gather_rows, rank=dist.rank, world_size=dist.world_size,
     )
     controller = build_controller(config.temperature, env)
     dist.broadcast_parameters(policy.model, controller.module)
     reference = None
-    if config.algorithm.beta > 0:
+    if config.algorithm.beta > 0 and dist.fsdp is not None:
+        reference = fsdp.copy_for_reference(policy, dist.fsdp)
+    elif config.algorithm.beta > 0:
         reference = Policy(copy.deepcopy(policy.model).eval().requires_grad_(False), policy.tokenizer)
+    if dist.fsdp is not None:  # parameters become shards in place: before the optimizer is built
+        fsdp.shard_policy(policy, dist.fsdp)
     lm_optimizer = torch.optim.AdamW(
         policy.model.parameters(), lr=config.algorithm.lr, weight_decay=config.algorithm.weight_decay
     )
@@ -181,7 +192,7 @@ def grpo_update(
             if head_loss is not None:
                 loss = loss + head_loss * share
             if loss.requires_grad:
-                if not torch.isfinite(loss):
+                if not c.dist.agree(bool(torch.isfinite(loss))):  # every process skips, none waits in backward
                     raise NonFiniteError("non-finite loss")
                 c.lm_optimizer.zero_grad(set_to_none=True)
                 if c.head_optimizer is not None:
@@ -189,7 +200,7 @@ def grpo_update(
                 loss.backward()
                 c.dist.average_gradients(c.policy.model, c.controller.module)
                 if algo.max_grad_norm > 0:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(c.policy.model.parameters(), algo.max_grad_norm)
+                    grad_norm = fsdp.clip_grad_norm(list(c.policy.model.parameters()), algo.max_grad_norm)
                     metrics["grad_norm"] = grad_norm.item()
                 if not _finite_gradients(c):
                     raise NonFiniteError("non-finite gradients")
@@ -224,12 +235,14 @@ def _trainable_parameters(c: Components) -> list[torch.nn.Parameter]:
 
 
 def _finite_gradients(c: Components) -> bool:
-    norms = [p.grad.detach().norm() for p in _trainable_parameters(c) if p.grad is not None]
-    return not norms or bool(torch.isfinite(torch.stack(norms).sum()))
+    """Whether every process's gradients (its shards under FSDP) are finite."""
+    norms = [fsdp.local(p.grad).detach().norm() for p in _trainable_parameters(c) if p.grad is not None]
+    return c.dist.agree(not norms or bool(torch.isfinite(torch.stack(norms).sum())))
 
 
 def _finite_parameters(c: Components) -> bool:
-    return bool(torch.isfinite(torch.stack([p.detach().norm() for p in _trainable_parameters(c)]).sum()))
+    norms = [fsdp.local(p).detach().norm() for p in _trainable_parameters(c)]
+    return c.dist.agree(bool(torch.isfinite(torch.stack(norms).sum())))
 
 
 def evaluate_policy(
@@ -243,18 +256,21 @@ def evaluate_policy(
     problems = c.dist.stride(c.task.eval_problems())
     sampled = c.dist.stride(c.task.eval_problems()[: config.train.eval_avg_problems])
     reward = c.reward or c.task.reward
-    metrics = {"eval_accuracy": greedy_accuracy(c.engine, c.task, problems, reward)}
-    shared = FixedController(FixedConfig(config.train.eval_temperature), ControllerEnv(c.policy.hidden_size, 1, c.policy.device))
-    metrics.update(sampled_metrics(
-        c.engine, c.task, sampled, shared, config.train.eval_avg_k, generator, training_step=step, reward=reward,
-        on_batch=on_batch,
-    ))
-    if c.controller.decodes_at_inference:
-        own = sampled_metrics(
-            c.engine, c.task, sampled, c.controller, config.train.eval_avg_k, generator, training_step=step,
-            reward=reward,
+    with fsdp.full_weights(c.policy), c.dist.coordinated():  # no collectives inside: shards may differ in size
+        metrics = {"eval_accuracy": greedy_accuracy(c.engine, c.task, problems, reward)}
+        shared = FixedController(
+            FixedConfig(config.train.eval_temperature), ControllerEnv(c.policy.hidden_size, 1, c.policy.device)
         )
-        metrics.update({key.replace("eval_", "eval_own_"): value for key, value in own.items()})
+        metrics.update(sampled_metrics(
+            c.engine, c.task, sampled, shared, config.train.eval_avg_k, generator, training_step=step, reward=reward,
+            on_batch=on_batch,
+        ))
+        if c.controller.decodes_at_inference:
+            own = sampled_metrics(
+                c.engine, c.task, sampled, c.controller, config.train.eval_avg_k, generator, training_step=step,
+                reward=reward,
+            )
+            metrics.update({key.replace("eval_", "eval_own_"): value for key, value in own.items()})
     return c.dist.weighted_mean(metrics, {"eval_accuracy": len(problems)}, default_weight=len(sampled))
 
 
@@ -275,23 +291,30 @@ def batch_statistics(batch: RolloutBatch, rewards: torch.Tensor, group_size: int
     }
 
 
-def prepare_run_dir(out_dir: Path, config: Config) -> None:
-    """Create the run directory; refuse to write into a non-empty one; leave nothing behind on failure."""
+def prepare_run_dir(out_dir: Path, config: Config) -> RunLock:
+    """Create and lock the run directory; refuse to write into a non-empty one; leave nothing behind on
+    failure. Returns the held lock (a concurrent run with the same --out gets a one-line error)."""
     if (out_dir / "config.yaml").is_file():
         raise ThermoRLError(f"output directory {out_dir} is an existing run (continue it with --resume {out_dir})")
     if out_dir.exists() and not out_dir.is_dir():
         raise ThermoRLError(f"output directory {out_dir} exists and is a file (choose another --out)")
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and any(p.name != LOCK_NAME for p in out_dir.iterdir()):
         raise ThermoRLError(f"output directory {out_dir} exists and is not empty (choose another --out)")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ThermoRLError(f"cannot create output directory {out_dir}: {err.strerror}") from None
+    lock = RunLock(out_dir).acquire()
+    if (out_dir / "config.yaml").is_file():  # a run that took the directory between the check and the lock
+        lock.release()
+        raise ThermoRLError(f"output directory {out_dir} is an existing run (continue it with --resume {out_dir})")
     try:
         dump_config(config, out_dir / "config.yaml")
     except OSError as err:
+        lock.release()
         shutil.rmtree(out_dir, ignore_errors=True)
         raise ThermoRLError(f"cannot write {out_dir / 'config.yaml'}: {err.strerror}") from None
+    return lock
 
 
 def train(config: Config, out_dir: Path, progress: Any = None, resume: bool = False) -> dict[str, Any]:
@@ -304,22 +327,30 @@ def train(config: Config, out_dir: Path, progress: Any = None, resume: bool = Fa
     run_dir, out_dir = out_dir, c.dist.output_dir(out_dir)  # under accelerate only process 0 writes the run
     state = LoopState.fresh(config.train.seed, c.policy.device)
     first_step = 1
+    lock = None
     if resume:
-        point = find_resume_point(run_dir)
-        if point.step >= config.train.steps:
-            raise ThermoRLError(
-                f"run {out_dir} has finished its {config.train.steps} steps (continue it with a larger --steps)"
-            )
-        restore(c, state, point)
-        first_step = point.step + 1
-        del point  # its tensors map the checkpoint's files
+        with c.dist.coordinated():  # one writer per run directory; the process group is one writer
+            lock = RunLock(run_dir).acquire() if c.dist.is_main else None
         try:
+            point = find_resume_point(run_dir)
+            if point.step >= config.train.steps:
+                raise ThermoRLError(
+                    f"run {out_dir} has finished its {config.train.steps} steps (continue it with a larger --steps)"
+                )
+            restore(c, state, point)
+            first_step = point.step + 1
+            del point  # its tensors map the checkpoint's files
             rewind_run_dir(out_dir, config, first_step - 1)
         except OSError as err:
+            _release(lock)
             raise ThermoRLError(f"cannot prepare {out_dir} for resuming: {err.strerror or err}") from None
+        except BaseException:
+            _release(lock)
+            raise
     else:
-        prepare_run_dir(out_dir, config)
-    c.dist.decorrelate(state.generator, config.train.seed)
+        with c.dist.coordinated():
+            lock = prepare_run_dir(out_dir, config)
+        c.dist.decorrelate(state.generator, config.train.seed)  # a resumed run restored every process's streams
     logger = None
     try:
         logger = RunLogger(out_dir, config.log.tensorboard, purge_step=first_step if resume else None)
@@ -335,6 +366,12 @@ def train(config: Config, out_dir: Path, progress: Any = None, resume: bool = Fa
     finally:
         if logger is not None:
             logger.close()
+        _release(lock)
+
+
+def _release(lock: RunLock | None) -> None:
+    if lock is not None:
+        lock.release()
 
 
 def _train_loop(
@@ -351,7 +388,7 @@ def _train_loop(
 
         saved_step = first_step - 1
         for step in range(first_step, config.train.steps + 1):
-            if stop.requested:
+            if c.dist.any_process(stop.requested):  # a signal to one process stops every process here
                 return _interrupted(c, config, out_dir, state, step - 1, saved_step)
             step_start = time.time()
             problems = c.dist.shard([  # this process's whole groups of the global batch
@@ -366,7 +403,7 @@ def _train_loop(
                 log.warning("step %d skipped: %s (%d bad step(s) in a row)", step, err, state.bad_streak)
                 metrics, batch = {"step": step, "skipped": 1, "skip_reason": str(err)}, None
             metrics["skipped_steps"] = state.skipped_steps
-            metrics.update(c.reward.metrics())
+            metrics.update(c.dist.total(c.reward.metrics()))
             metrics["step_time_s"] = time.time() - step_start
             state.train_time += metrics["step_time_s"]
 
@@ -431,11 +468,13 @@ def _train_step(
     """Sample, reward, advantages, update; raises NonFiniteError (nothing stepped) on NaN/inf."""
     rollout = config.rollout
     group_ids = torch.arange(len(problems)) // rollout.group_size  # problems hold whole groups, in order
-    batch = c.engine.generate(
-        [p.prompt for p in problems], c.controller, state.generator, group_ids=group_ids, training_step=step
-    )
+    with fsdp.full_weights(c.policy), c.dist.coordinated():  # gathered weights (FSDP); NaN in one process skips all
+        batch = c.engine.generate(
+            [p.prompt for p in problems], c.controller, state.generator, group_ids=group_ids, training_step=step
+        )
     texts = c.engine.decode(batch)
-    rewards = torch.tensor(c.reward.score(problems, texts), device=c.policy.device)
+    with c.dist.coordinated():  # a reward function failing in one process (fail-fast) stops all of them
+        rewards = torch.tensor(c.reward.score(problems, texts), device=c.policy.device)
     advantages = group_advantages_by_id(rewards, batch.group_ids, scale=config.algorithm.advantage == "grpo")
     metrics = {"step": step, **batch_statistics(*gather_batch(c.dist, batch, rewards), rollout.group_size)}
     algo = config.algorithm
@@ -457,7 +496,7 @@ def _save_if_finite(c: Components, config: Config, out_dir: Path, state: LoopSta
     if not _finite_parameters(c):
         log.warning("step %d: not saving a checkpoint, the model has NaN/inf parameters", step)
         return None
-    return save(c, out_dir, step, state, config.train.keep_checkpoints)
+    return save(c, out_dir, step, state, config.train.keep_checkpoints, final=step == config.train.steps)
 
 
 def _stop_diverged(c: Components, config: Config, out_dir: Path, state: LoopState, step: int) -> None:
@@ -473,20 +512,45 @@ def _interrupted(
     c: Components, config: Config, out_dir: Path, state: LoopState, step: int, saved_step: int
 ) -> dict[str, Any]:
     """Ctrl-C: checkpoint the last finished step (unless just saved) and report where to resume from."""
-    path = ckpt.latest_valid_checkpoint(out_dir) if saved_step == step else None
-    path = path or _save_if_finite(c, config, out_dir, state, step) or ckpt.latest_valid_checkpoint(out_dir)
+    path = _save_if_finite(c, config, out_dir, state, step) if saved_step != step else None  # same in every process
+    path = path or ckpt.latest_valid_checkpoint(out_dir)
     return {"interrupted": True, "step": step, "checkpoint": str(path) if path else None}
 
 
-def save(c: Components, out_dir: Path, step: int, state: LoopState, keep: int) -> Path | None:
-    if not c.dist.is_main:  # every process holds the same weights; process 0 saves them
-        return None
-    return ckpt.save_checkpoint(
-        out_dir, step, c.policy.model, c.policy.tokenizer, c.controller.state_dict(),
-        {"lm": c.lm_optimizer, "head": c.head_optimizer}, state.generator, state.data_rng, keep,
-        eval_generator=state.eval_generator,
-        trainer_state={**state.to_json(), "reward": c.reward.state_dict() if c.reward else {}},
-    )
+def save(c: Components, out_dir: Path, step: int, state: LoopState, keep: int, final: bool = False) -> Path | None:
+    """Checkpoint ``step``. Under several processes every process takes part: process 0 writes the
+    checkpoint with every process's random streams, and under FSDP each process writes its shards
+    first (plus, in the ``final`` one, a consolidated Hugging Face model)."""
+    ranks = c.dist.gather_objects(_rank_state(c, state))
+    optimizers = {"lm": c.lm_optimizer, "head": c.head_optimizer}
+    prepared = None
+    if c.dist.fsdp is not None:
+        with c.dist.coordinated():
+            tmp = ckpt.begin_checkpoint(out_dir, step) if c.dist.is_main else None
+        tmp = Path(c.dist.broadcast_object(str(tmp)))  # process 0's run directory; the others write scratch
+        prepared = {"lm_param_groups": sharded.save_shards(tmp, c.policy.model, c.lm_optimizer)}
+        optimizers["lm"] = None  # in the shards
+        if final:
+            full = sharded.full_state(c.policy.model)
+            with c.dist.coordinated():
+                if c.dist.is_main:
+                    sharded.write_model(tmp / "model", c.policy.model, c.policy.tokenizer, full)
+    path = None
+    with c.dist.coordinated():  # a full disk in process 0 stops every process
+        if c.dist.is_main:
+            path = ckpt.save_checkpoint(
+                out_dir, step, c.policy.model, c.policy.tokenizer, c.controller.state_dict(), optimizers,
+                state.generator, state.data_rng, keep, eval_generator=state.eval_generator,
+                trainer_state={**state.to_json(), "reward": c.reward.state_dict() if c.reward else {}},
+                ranks=ranks[1:], prepared=prepared,
+            )
+    return path
+
+
+def _rank_state(c: Components, state: LoopState) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """This process's random streams and reward counters (each process has its own)."""
+    tensors, meta = ckpt.rng_state(state.generator, state.data_rng, state.eval_generator)
+    return tensors, {**meta, "reward": c.reward.state_dict() if c.reward else {}}
 
 
 def _sample_rows(

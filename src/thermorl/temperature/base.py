@@ -14,6 +14,7 @@ batch. Heuristic controllers only implement ``choose``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,10 @@ class ControllerEnv:
     device: torch.device
     group_size: int = 1  # consecutive rows sharing a prompt (rollouts are prompt-major)
     seed: int = 0  # run seed, for controllers that own a random generator
+    # under several processes each holds a contiguous share of the global batch's rows:
+    gather_rows: Callable[[Tensor], Tensor] = lambda rows: rows  # every process's rows, in global order
+    rank: int = 0  # this process's place (its share is the rank-th of world_size equal ones)
+    world_size: int = 1
 
 
 class TemperatureController:

@@ -7,7 +7,10 @@ with the logits of the training forward pass and move pi towards the temperature
 high-advantage trajectories likely (equations in ``thermorl.algorithms.tampo``).
 
 The controller owns its random generator, so its draws are reproducible from the run seed
-and resume exactly from ``state_dict``.
+and resume exactly from ``state_dict``. Under several processes the outer update sees the
+global batch (every process's re-scored likelihoods and advantages, gathered), and per-group
+draws are made for the global batch, each process taking its own groups' share, so pi and
+the temperatures equal one process's on the same batch.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class TampoController(TemperatureController):
         self.config = config
         self.device = env.device
         self.group_size = env.group_size if config.per_group else None
+        self.gather_rows, self.rank, self.world_size = env.gather_rows, env.rank, env.world_size
         self.candidates = torch.tensor(config.candidates, dtype=torch.float32)
         self.abar = torch.zeros(len(self.candidates))  # EMA of the temperature advantages A_bar
         self.pi = torch.full((len(self.candidates),), 1.0 / len(self.candidates))
@@ -47,11 +51,13 @@ class TampoController(TemperatureController):
 
     def start(self, num_rows: int, training_step: int) -> None:
         """Draw T_s ~ top_p(pi): once for the batch, or once per prompt group."""
-        draws = 1 if self.group_size is None else math.ceil(num_rows / self.group_size)
+        global_rows = num_rows * self.world_size  # every process holds an equal share of whole groups
+        draws = 1 if self.group_size is None else math.ceil(global_rows / self.group_size)
         nucleus = top_p_candidates(self.pi, self.config.top_p)
         chosen = torch.multinomial(nucleus, draws, replacement=True, generator=self.generator)
-        per_row = chosen.repeat_interleave(self.group_size or num_rows)[:num_rows]
-        self.row_temperatures = self.candidates[per_row].to(self.device)
+        per_row = chosen.repeat_interleave(self.group_size or global_rows)[:global_rows]
+        own = per_row[self.rank * num_rows : (self.rank + 1) * num_rows]
+        self.row_temperatures = self.candidates[own].to(self.device)
 
     def choose(self, ctx: StepContext) -> tuple[Tensor, TemperatureActions]:
         return self.row_temperatures[ctx.rows], TemperatureActions()
@@ -67,8 +73,9 @@ class TampoController(TemperatureController):
         loglik = candidate_loglikelihoods(
             logits, tokens, mask, self.candidates, self.config.rescore_chunk_tokens, fused
         )
+        # the global batch: (N, K) likelihoods and (N,) advantages of every process, gathered
         self.abar, self.pi, self.last_batch_advantage = tampo_outer_update(
-            self.abar, loglik.cpu(), advantages.cpu(), self.config.ema_alpha
+            self.abar, self.gather_rows(loglik).cpu(), self.gather_rows(advantages).cpu(), self.config.ema_alpha
         )
         self.tstar = likelihood_optimal_temperatures(loglik.cpu(), advantages.cpu(), self.candidates)
 
