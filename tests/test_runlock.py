@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_cli
+
 from thermorl.runtime.runlock import RunLock, RunLockedError
 
 USER_REWARDS = Path(__file__).resolve().parent / "user_rewards.py"
@@ -45,9 +45,8 @@ def test_a_held_lock_names_its_holder_and_a_killed_holder_releases_it(tmp_path):
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert json.loads((tmp_path / ".lock").read_text())["pid"] == holder.pid  # the stale file is still there
-    with RunLock(tmp_path):
-        with pytest.raises(RunLockedError, match="by this process already"):
-            RunLock(tmp_path).acquire()
+    with RunLock(tmp_path), pytest.raises(RunLockedError, match="by this process already"):
+        RunLock(tmp_path).acquire()
     RunLock(tmp_path).acquire().release()  # released on exit from the block
 
 

@@ -51,7 +51,6 @@ def save_shards(directory: Path, model: nn.Module, optimizer: torch.optim.Optimi
     """Collective: every process writes its shards into ``directory/sharded``; returns param_groups."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
-
     from torch.distributed.checkpoint.api import CheckpointException
 
     state, groups = _dcp_state(model, optimizer)
@@ -132,9 +131,9 @@ def consolidated_model_dir(checkpoint: Path, run_config: Path) -> Path:
         return checkpoint / "model"
     from dataclasses import replace
 
-    from thermorl.runtime.checkpoint import verify_checkpoint
     from thermorl.config import load_config
     from thermorl.models.policy import load_policy
+    from thermorl.runtime.checkpoint import verify_checkpoint
 
     if not verify_checkpoint(checkpoint):
         raise CheckpointError(f"checkpoint {checkpoint}: missing files or checksum mismatch (partial or corrupted)")

@@ -44,14 +44,14 @@ from thermorl.algorithms.schedule import lr_factor
 from thermorl.config import Config, FixedConfig, dump_config
 from thermorl.engines import RolloutBatch, RolloutEngine, build_engine
 from thermorl.engines.hf import score
-from thermorl.runtime import fsdp, sharded
-from thermorl.runtime.runlock import LOCK_NAME, RunLock
-from thermorl.errors import ModelLoadError, NonFiniteError, ThermoRLError, TrainingDivergedError
+from thermorl.errors import ConfigError, ModelLoadError, NonFiniteError, ThermoRLError, TrainingDivergedError
 from thermorl.models.policy import Policy, load_policy
 from thermorl.rewards.guard import RewardGuard
 from thermorl.runtime import checkpoint as ckpt
+from thermorl.runtime import fsdp, sharded
 from thermorl.runtime.distributed import Distributed, gather_batch, setup_distributed
 from thermorl.runtime.resume import GracefulStop, LoopState, find_resume_point, restore, rewind_run_dir
+from thermorl.runtime.runlock import LOCK_NAME, RunLock
 from thermorl.runtime.tracking import RunLogger
 from thermorl.study.evaluate import greedy_accuracy, sampled_metrics
 from thermorl.tasks import Task, build_task
@@ -107,6 +107,8 @@ def build_components(config: Config, policy: Policy | None = None) -> Components
     elif config.algorithm.beta > 0:
         reference = Policy(copy.deepcopy(policy.model).eval().requires_grad_(False), policy.tokenizer)
     if dist.fsdp is not None:  # parameters become shards in place: before the optimizer is built
+        if config.rollout.engine != "hf":
+            raise ConfigError(f"rollout.engine={config.rollout.engine} is not supported with FSDP; use rollout.engine=hf")
         fsdp.shard_policy(policy, dist.fsdp)
     lm_optimizer = torch.optim.AdamW(
         policy.model.parameters(), lr=config.algorithm.lr, weight_decay=config.algorithm.weight_decay
