@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import rich.markup
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -28,7 +29,8 @@ console = Console(stderr=True)
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escaped: a message may hold brackets (pip extras, list reprs) that rich would read as markup
+    console.print(f"[bold red]error:[/] {rich.markup.escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -194,9 +196,9 @@ def evaluate(
         fail("--checkpoint is required (or --model with --benchmarks)")
     try:
         run_config, model_dir = _resolve_checkpoint(checkpoint)
-        cfg = load_config(run_config, [f"model.path={model_dir}"] if model_dir else [])
+        cfg = load_config(run_config, ([f"model.path={model_dir}"] if model_dir else []) + list(overrides))
         policy, task, controller = load_for_eval(cfg)
-        engine = build_engine(cfg.rollout, policy)
+        engine = build_engine(cfg.rollout, policy, controller)
         selected = task.eval_problems()[:problems]
         generator = torch.Generator(device=policy.device).manual_seed(seed)
         result = {"greedy_accuracy": greedy_accuracy(engine, task, selected)}
@@ -217,6 +219,7 @@ def generate(
     ),
     samples: int = typer.Option(1, "--samples", min=1, help="Completions to sample."),
     seed: int = typer.Option(0, "--seed", help="Seed of token sampling and of the temperature policy."),
+    overrides: list[str] = typer.Option([], "--set", "-s", help="Override a field, e.g. rollout.engine=vllm."),
 ) -> None:
     """Decode a prompt with the checkpoint's temperature controller (the learned head for introspective runs)."""
     import torch
@@ -229,11 +232,13 @@ def generate(
 
     try:
         run_config, model_dir = _resolve_checkpoint(checkpoint)
-        cfg = load_config(run_config, ([f"model.path={model_dir}"] if model_dir else []) + [f"train.seed={seed}"])
+        cfg = load_config(
+            run_config, ([f"model.path={model_dir}"] if model_dir else []) + [f"train.seed={seed}", *overrides]
+        )
         policy, _, controller = load_for_eval(cfg)
+        engine = build_engine(cfg.rollout, policy, controller)
     except ThermoRLError as err:
         fail(str(err))
-    engine = build_engine(cfg.rollout, policy)
     generator = torch.Generator(device=policy.device).manual_seed(seed)
     batch = engine.generate([prompt] * samples, controller, generator, group_ids=torch.zeros(samples, dtype=torch.long))
     console.print(f"controller {cfg.temperature.controller}, seed {seed}", highlight=False)

