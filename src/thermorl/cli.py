@@ -380,7 +380,7 @@ def compare(
             study.update_doc(doc, out, "thermorl " + " ".join(sys.argv[1:]))
     except ThermoRLError as err:
         fail(str(err))
-    Console().print((out / "compare.md").read_text(), highlight=False, soft_wrap=True)
+    Console().print((out / "compare.md").read_text(), highlight=False, soft_wrap=True, markup=False)
     console.print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}, {out / 'curves.png'}, {out / 'final_accuracy.png'}")
     if failed or result["missing_runs"]:
         console.print(f"[bold red]error:[/] {len(failed)} run(s) failed; rerun the same command to retry them")
