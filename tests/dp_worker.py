@@ -6,7 +6,8 @@ share of whole groups and runs the real ``grpo_update``; with gradients averaged
 FSDP's reduce-scatter) and losses scaled by token share, two processes must reproduce the
 one-process metrics and weights. TAMPO's outer update runs on the same global batch of logits.
 Then short real ``train()`` runs in the same processes: the end-to-end path (FSDP: the
-uninterrupted reference of the kill/resume test, and a run with a NaN in one process only).
+uninterrupted reference of the kill/resume test, and a run with activation checkpointing and a NaN in
+one process only).
 """
 
 from __future__ import annotations
@@ -108,7 +109,10 @@ def run(out: Path, strategy: str = "ddp") -> dict:
     if tag == "fsdp":
         train(load_config(None, RESUME_OVERRIDES), out / "fsdp-reference")
         CONTROLLERS["introspective"] = NanInProcessOne
-        nan_config = load_config(None, [*OVERRIDES, "distributed.strategy=fsdp", "train.steps=3"])
+        # also with activation checkpointing (recomputed layers under FSDP)
+        nan_config = load_config(
+            None, [*OVERRIDES, "distributed.strategy=fsdp", "train.steps=3", "model.gradient_checkpointing=true"]
+        )
         train(nan_config, out / "fsdp-nan")
     return result
 

@@ -110,6 +110,7 @@ def test_fsdp_train_equals_data_parallel_and_writes_sharded_checkpoints(fsdp_run
 
 
 def test_nan_in_one_process_skips_the_step_in_both(fsdp_runs):
+    assert "gradient_checkpointing: true" in (fsdp_runs / "fsdp-nan" / "config.yaml").read_text()
     rows = _rows(fsdp_runs / "fsdp-nan")  # process 0's log; only process 1 sampled NaN temperatures
     assert rows[2]["skipped"] == 1 and "(in process 1)" in rows[2]["skip_reason"]
     assert "skipped" not in rows[1] and "skipped" not in rows[3] and rows[3]["skipped_steps"] == 1

@@ -74,10 +74,11 @@ class TampoController(TemperatureController):
             logits, tokens, mask, self.candidates, self.config.rescore_chunk_tokens, fused
         )
         # the global batch: (N, K) likelihoods and (N,) advantages of every process, gathered
+        loglik, advantages = self.gather_rows(loglik).cpu(), self.gather_rows(advantages).cpu()
         self.abar, self.pi, self.last_batch_advantage = tampo_outer_update(
-            self.abar, self.gather_rows(loglik).cpu(), self.gather_rows(advantages).cpu(), self.config.ema_alpha
+            self.abar, loglik, advantages, self.config.ema_alpha
         )
-        self.tstar = likelihood_optimal_temperatures(loglik.cpu(), advantages.cpu(), self.candidates)
+        self.tstar = likelihood_optimal_temperatures(loglik, advantages, self.candidates)
 
     def metrics(self) -> dict[str, Any]:
         """Chosen temperature of the last rollout and pi after the last outer update (used next step)."""
