@@ -5,7 +5,8 @@ Every process samples the same *global* batch (same weights, same seed), keeps i
 share of whole groups and runs the real ``grpo_update``; with gradients averaged (all-reduce, or
 FSDP's reduce-scatter) and losses scaled by token share, two processes must reproduce the
 one-process metrics and weights. TAMPO's outer update runs on the same global batch of logits.
-Then short real ``train()`` runs in the same processes: the end-to-end path (FSDP: the
+Then short real ``train()`` runs in the same processes: the end-to-end path (data-parallel: a run
+resumed after step 2 and its uninterrupted reference; FSDP: the
 uninterrupted reference of the kill/resume test, and a run with activation checkpointing and a NaN in
 one process only).
 """
@@ -106,6 +107,11 @@ def run(out: Path, strategy: str = "ddp") -> dict:
         torch.save(weights, out / f"weights-{tag}.pt")
         (out / f"metrics-{tag}.json").write_text(json.dumps(result))
     train(config, out / f"run-{tag}")
+    if tag == "2":  # stopped after step 2 and resumed to 3 == 3 uninterrupted steps (every process's streams saved)
+        longer = load_config(None, [*OVERRIDES, "train.steps=3"])
+        train(longer, out / "ddp-reference")
+        train(config, out / "ddp-resumed")
+        train(longer, out / "ddp-resumed", resume=True)
     if tag == "fsdp":
         train(load_config(None, RESUME_OVERRIDES), out / "fsdp-reference")
         CONTROLLERS["introspective"] = NanInProcessOne

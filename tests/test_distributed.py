@@ -95,6 +95,12 @@ def test_train_under_two_processes_writes_one_run_directory(runs):
     assert state["world_size"] == 2 and set(state["ranks"]) == {"1"}  # process 1's random streams are saved
 
 
+def test_data_parallel_resume_continues_every_processs_sampling_stream(runs):
+    reference, resumed = _rows(runs / "ddp-reference"), _rows(runs / "ddp-resumed")
+    assert [row["step"] for row in resumed] == [0, 1, 2, 3]
+    assert resumed == reference  # before, --resume reseeded process 1's sampler and step 3 differed
+
+
 def test_fsdp_train_equals_data_parallel_and_writes_sharded_checkpoints(fsdp_runs):
     ddp, fsdp = _rows(fsdp_runs / "run-2"), _rows(fsdp_runs / "run-fsdp")
     assert [row["step"] for row in fsdp] == [0, 1, 2]
