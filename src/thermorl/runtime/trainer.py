@@ -479,10 +479,11 @@ def _train_loop(
         plot_run_temperatures(out_dir, config.temperature)
         # the report reads every step's untempered logits, which only thermorl's own sampler exposes
         report_engine = c.engine if getattr(c.engine, "exact_logprobs", True) else HFEngine(c.policy, config.rollout)
-        write_temperature_report(
-            c.policy, report_engine, c.task, c.controller, out_dir, seed, config.train.steps,
-            f"{config.temperature.controller}, seed {seed}",
-        )
+        with fsdp.full_weights(c.policy):  # generates: on gathered weights under FSDP
+            write_temperature_report(
+                c.policy, report_engine, c.task, c.controller, out_dir, seed, config.train.steps,
+                f"{config.temperature.controller}, seed {seed}",
+            )
     return summary
 
 
