@@ -87,8 +87,9 @@ def rollout_pairs(args: argparse.Namespace) -> dict:
             order = ["hf", "vllm"] if round_ % 2 == 0 else ["vllm", "hf"]
             for engine_name in order:
                 generator = torch.Generator().manual_seed(round_)
+                rows = prompts if round_ >= args.warmup else prompts[: args.group]  # a short warm-up batch
                 begin, cpu = time.perf_counter(), time.process_time()
-                batch = engines[engine_name].generate(prompts, controller, generator, training_step=1)
+                batch = engines[engine_name].generate(rows, controller, generator, training_step=1)
                 seconds, cpu_seconds = time.perf_counter() - begin, time.process_time() - cpu
                 if round_ >= args.warmup:
                     new = int(batch.completion_mask.sum().item())
@@ -152,7 +153,7 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2, help="timed rollout pairs per controller")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds on one prompt group")
     parser.add_argument("--step-repeats", type=int, default=2, help="timed GRPO step pairs (0 = skip)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)

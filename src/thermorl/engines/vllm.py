@@ -22,6 +22,7 @@ measures the mismatch (``algorithm.rollout_is``).
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import os
 import random
@@ -205,7 +206,9 @@ class VLLMEngine:
         from safetensors.torch import save_file
 
         model = policy.model.get_base_model() if hasattr(policy.model, "peft_config") else policy.model
-        hf_config = model.config
+        hf_config = copy.deepcopy(model.config)
+        if not getattr(hf_config, "architectures", None):  # e.g. a model loaded from a .gguf file
+            hf_config.architectures = [type(model).__name__]
         hf_config.save_pretrained(directory)
         tied = bool(getattr(hf_config, "tie_word_embeddings", False))
         weights = {n: t.contiguous() for n, t in merged_weights(policy) if not (tied and n == "lm_head.weight")}
