@@ -9,8 +9,9 @@ REPO = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)  # extra threads spin-wait on busy shared cores
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the real `thermorl` entry point in a subprocess."""
+def run_cli(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run the real `thermorl` entry point in a subprocess (``timeout``: a guard for a hung run, generous
+    because a shared, loaded machine can be 30x slower than an idle one)."""
     return subprocess.run(
         [sys.executable, "-m", "thermorl.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
     )

@@ -388,6 +388,6 @@ def test_resume_with_out_or_config(tmp_path, existing_run):
 
 
 def test_real_entry_point_prints_one_line_and_exits_2(tmp_path):
-    result = run_cli("train", "--resume", str(tmp_path), timeout=120)
+    result = run_cli("train", "--resume", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: cannot resume {tmp_path}: not a thermorl run directory (no config.yaml)"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from thermorl.config import EADConfig, EntropyConfig, FixedConfig, LinearConfig
 from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions
+from thermorl.config import EADConfig, EntropyConfig, FixedConfig, LinearConfig
 from thermorl.temperature.ead import EADController, ead_temperature
 from thermorl.temperature.entropy import EntropyController, edt_temperature
 from thermorl.temperature.fixed import FixedController
@@ -137,7 +137,7 @@ def cli_runs(tmp_path_factory):
     }
     results = {}
     for name, process in processes.items():
-        _, stderr = process.communicate(timeout=240)
+        _, stderr = process.communicate(timeout=1800)  # a guard for a hung run, not an expected duration
         results[name] = (process.returncode, stderr, root / name)
     return results
 

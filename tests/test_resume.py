@@ -1,10 +1,12 @@
 """A run killed with SIGKILL, or stopped with Ctrl-C, and resumed equals an uninterrupted run.
 
 Three real `thermorl train` processes start together: a reference, one killed with SIGKILL
-after its step-4 checkpoint appears, one sent SIGINT once it has a checkpoint.
-The two stopped runs are resumed with `thermorl train --resume RUN` (the killed one after its
-newest checkpoint is corrupted, so resuming must skip it) and their metrics (timings aside),
-samples and final weights, optimizer and RNG tensors must equal the reference's.
+after its step-4 checkpoint, one sent SIGINT after its step-2 checkpoint. Both stopped runs hold
+at that point, inside their reward function (``tests/user_rewards.py:held_at_checkpoint``), until
+the test has signalled them, so neither can finish first on a slow machine or run past the point
+on a fast one. The two stopped runs are resumed with `thermorl train --resume RUN` (the killed one
+after its newest checkpoint is corrupted, so resuming must skip it) and their metrics (timings
+aside), samples and final weights, optimizer and RNG tensors must equal the reference's.
 """
 
 import hashlib
@@ -29,25 +31,35 @@ TINY = [
     "--set", "rollout.group_size=4", "--set", "rollout.max_new_tokens=12", "--set", "log.progress=false",
     "--set", "log.plot=false", "--set", "log.tensorboard=false",
     # a dense reward and the joint schedule: the model, the temperature head and both optimizers change every step
-    "--set", f"task.reward={Path(__file__).resolve().parent / 'user_rewards.py'}:digit_fraction",
+    "--set", f"task.reward={Path(__file__).resolve().parent / 'user_rewards.py'}:held_at_checkpoint",
+    "--set", "task.reward_timeout_s=600",  # a run held at its gate must not time its reward call out
     "--set", "algorithm.lr=1e-3", "--set", "temperature.introspective.schedule=joint",
 ]
 TIMINGS = {"step_time_s"}
+TIMEOUT = 1800  # seconds a run may take on a heavily loaded machine (a guard, not an expected duration)
 
 
-def _thermorl(*args: str) -> subprocess.Popen:
+def _thermorl(*args: str, gate: tuple[Path, Path] | None = None) -> subprocess.Popen:
+    """A `thermorl train` process; with ``gate`` = (checkpoint, markers) its reward calls, once ``checkpoint``
+    exists, write ``markers/held-0`` and wait until ``markers/release`` exists."""
+    env = {k: v for k, v in os.environ.items() if k not in ("THERMORL_TEST_HOLD_AT", "THERMORL_TEST_MARKERS")}
+    if gate is not None:
+        gate[1].mkdir(parents=True, exist_ok=True)
+        env["THERMORL_TEST_HOLD_AT"], env["THERMORL_TEST_MARKERS"] = str(gate[0]), str(gate[1])
     return subprocess.Popen(
-        [sys.executable, "-m", "thermorl.cli", "train", *args], cwd=REPO, text=True,
+        [sys.executable, "-m", "thermorl.cli", "train", *args], cwd=REPO, text=True, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
 
 
-def _wait_for(directory: Path, pattern: str, process: subprocess.Popen, timeout: float = 240) -> None:
+def _wait_until_held(markers: Path, process: subprocess.Popen, timeout: float = 1800) -> None:
+    """Wait for a gated run to reach its gate (it stays there, so nothing here races the run)."""
+    ready = markers / "held-0"
     deadline = time.time() + timeout
-    while not (directory.is_dir() and any(directory.glob(pattern))):
-        assert process.poll() is None, f"run ended before {pattern} appeared: {process.stderr.read()[-2000:]}"
-        assert time.time() < deadline, f"{directory / pattern} did not appear"
-        time.sleep(0.005)
+    while not ready.exists():
+        assert process.poll() is None, f"run ended before its gate: {process.stderr.read()[-2000:]}"
+        assert time.time() < deadline, f"{ready} did not appear"
+        time.sleep(0.05)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -63,10 +75,13 @@ def _sha(path: Path) -> str:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     reference = _thermorl("--out", str(root / "reference"), *TINY)
-    killed = _thermorl("--out", str(root / "killed"), *TINY)
-    interrupted = _thermorl("--out", str(root / "interrupted"), *TINY)
+    killed_gate, interrupted_gate = root / "killed-gate", root / "interrupted-gate"
+    killed = _thermorl("--out", str(root / "killed"), *TINY,
+                       gate=(root / "killed" / "checkpoints" / "step-000004", killed_gate))
+    interrupted = _thermorl("--out", str(root / "interrupted"), *TINY,
+                            gate=(root / "interrupted" / "checkpoints" / "step-000002", interrupted_gate))
 
-    _wait_for(root / "killed" / "checkpoints", "step-000004", killed)
+    _wait_until_held(killed_gate, killed)  # in step 5's reward call, after the step-4 checkpoint
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     killed_checkpoints = sorted(p.name for p in (root / "killed" / "checkpoints").iterdir())
@@ -80,16 +95,17 @@ def runs(tmp_path_factory):
     (root / "killed" / "checkpoints" / ".tmp-step-000006").mkdir(exist_ok=True)
     resumed_killed = _thermorl("--resume", str(root / "killed"))
 
-    _wait_for(root / "interrupted" / "checkpoints", "step-*", interrupted)  # step 2 may be pruned already
+    _wait_until_held(interrupted_gate, interrupted)  # in step 3's reward call, after the step-2 checkpoint
     interrupted.send_signal(signal.SIGINT)
-    interrupted_stderr = interrupted.communicate(timeout=240)[1]
+    (interrupted_gate / "release").touch()  # it finishes step 3 and stops
+    interrupted_stderr = interrupted.communicate(timeout=TIMEOUT)[1]
     interrupted_rows = _rows(root / "interrupted" / "metrics.jsonl")
     resumed_interrupted = _thermorl("--resume", str(root / "interrupted"))
 
-    assert reference.wait(timeout=240) == 0, reference.stderr.read()[-2000:]
-    killed_stderr = resumed_killed.communicate(timeout=240)[1]
+    assert reference.wait(timeout=TIMEOUT) == 0, reference.stderr.read()[-2000:]
+    killed_stderr = resumed_killed.communicate(timeout=TIMEOUT)[1]
     assert resumed_killed.returncode == 0, killed_stderr[-2000:]
-    assert resumed_interrupted.wait(timeout=240) == 0, resumed_interrupted.stderr.read()[-2000:]
+    assert resumed_interrupted.wait(timeout=TIMEOUT) == 0, resumed_interrupted.stderr.read()[-2000:]
     return {
         "root": root, "killed_returncode": killed.returncode, "killed_checkpoints": killed_checkpoints,
         "killed_resume_stderr": killed_stderr, "interrupted_returncode": interrupted.returncode,
@@ -130,7 +146,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(runs):
     assert "Traceback" not in stderr
     assert "interrupted after step" in stderr and "thermorl train --resume" in stderr
     stopped_at = runs["interrupted_rows"][-1]["step"]
-    assert 2 <= stopped_at < STEPS
+    assert stopped_at == 3  # the step it was signalled in (held at its gate)
     assert [row["step"] for row in runs["interrupted_rows"]] == list(range(stopped_at + 1))
     # the resumed run continued from the Ctrl-C checkpoint and matches the reference
     reference = _rows(runs["root"] / "reference" / "metrics.jsonl")
