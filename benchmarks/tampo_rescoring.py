@@ -158,13 +158,14 @@ def measure_time(preset: str = "tiny", device: str = "cpu", dtype: str = "float3
     """Seconds of one GRPO update and of re-scoring its batch at every candidate."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from thermorl.config import Config, FixedConfig
+    from thermorl.config import Config
     from thermorl.engines.base import RolloutBatch
     from thermorl.engines.hf import HFEngine, score
     from thermorl.models.policy import Policy
-    from thermorl.runtime.trainer import Components, grpo_update
+    from thermorl.runtime.components import Components
+    from thermorl.runtime.update import grpo_update
     from thermorl.temperature import ControllerEnv
-    from thermorl.temperature.fixed import FixedController
+    from thermorl.temperature.fixed import FixedConfig, FixedController
 
     shape = PRESETS[preset]
     dev = torch.device(device)

@@ -24,9 +24,11 @@ import torch
 from thermorl.algorithms.grpo import group_advantages
 from thermorl.config import TampoConfig, load_config
 from thermorl.engines.hf import decode_completions, encode_prompts, sample
+from thermorl.runtime.components import build_components
 from thermorl.runtime.distributed import gather_batch
 from thermorl.runtime.fsdp import full_weights
-from thermorl.runtime.trainer import batch_statistics, build_components, grpo_update, train
+from thermorl.runtime.trainer import batch_statistics, train
+from thermorl.runtime.update import grpo_update
 from thermorl.temperature import CONTROLLERS, ControllerEnv
 from thermorl.temperature.base import TemperatureActions
 from thermorl.temperature.tampo import TampoController

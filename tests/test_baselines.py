@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions
 from thermorl.config import EADConfig, EntropyConfig, FixedConfig, LinearConfig
+from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions
 from thermorl.temperature.ead import EADController, ead_temperature
 from thermorl.temperature.entropy import EntropyController, edt_temperature
 from thermorl.temperature.fixed import FixedController

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from thermorl.config import ModelConfig, load_config
 from thermorl.models import load_policy
-from thermorl.study.benchmarks_eval import bootstrap_interval, summarise
+from thermorl.study.benchmarks_eval import summarise
+from thermorl.study.stats import bootstrap_interval
 
 FAST = ["--k", "2", "--samples", "3", "--problems", "3", "--max-new-tokens", "4"]
 

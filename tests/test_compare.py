@@ -8,6 +8,7 @@ from conftest import run_cli
 
 from thermorl.errors import ThermoRLError
 from thermorl.study import compare as study
+from thermorl.study import stats
 
 
 def test_parse_arms_reads_fixed_temperatures_and_controller_names():
@@ -33,15 +34,15 @@ def test_parse_arms_rejects_bad_specs(spec, message):
 
 
 def test_mean_ci_is_the_t_interval():
-    mean, half = study.mean_ci([1.0, 2.0, 3.0])  # s = 1, t_{0.975, 2} = 4.3027
+    mean, half = stats.mean_ci([1.0, 2.0, 3.0])  # s = 1, t_{0.975, 2} = 4.3027
     assert mean == 2.0
     assert half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
-    assert math.isnan(study.mean_ci([0.5])[1])
+    assert math.isnan(stats.mean_ci([0.5])[1])
 
 
 def test_paired_test_uses_per_seed_differences():
     a, b = [0.60, 0.62, 0.58, 0.61], [0.55, 0.60, 0.57, 0.57]  # d = 0.05, 0.02, 0.01, 0.04
-    result = study.paired_test(a, b)
+    result = stats.paired_test(a, b)
     d_mean, d_sd = 0.03, math.sqrt(((0.02) ** 2 + 0.01 ** 2 + 0.02 ** 2 + 0.01 ** 2) / 3)
     assert result["mean_difference"] == pytest.approx(d_mean)
     assert result["t"] == pytest.approx(d_mean / (d_sd / 2))
@@ -51,13 +52,13 @@ def test_paired_test_uses_per_seed_differences():
 
 def test_min_detectable_difference_by_hand():
     # (t_{0.975, 4} + t_{0.80, 4}) * s_d / sqrt(5) = (2.7764 + 0.9410) * 0.02 / 2.2361
-    assert study.min_detectable_difference(0.02, 5) == pytest.approx(3.7174 * 0.02 / math.sqrt(5), rel=1e-3)
-    assert study.min_detectable_difference(0.02, 10) < study.min_detectable_difference(0.02, 5)
+    assert stats.min_detectable_difference(0.02, 5) == pytest.approx(3.7174 * 0.02 / math.sqrt(5), rel=1e-3)
+    assert stats.min_detectable_difference(0.02, 10) < stats.min_detectable_difference(0.02, 5)
 
 
 def test_binomial_se_and_moving_mean():
-    assert study.binomial_se(0.5, 1000) == pytest.approx(0.0158, abs=1e-4)
-    assert study.moving_mean([1, 2, 3, 4], 2) == [1, 1.5, 2.5, 3.5]
+    assert stats.binomial_se(0.5, 1000) == pytest.approx(0.0158, abs=1e-4)
+    assert stats.moving_mean([1, 2, 3, 4], 2) == [1, 1.5, 2.5, 3.5]
 
 
 def test_a_run_with_a_checkpoint_resumes_and_one_without_starts_again(tmp_path):
@@ -76,7 +77,7 @@ def test_compare_command_runs_aggregates_and_resumes(tmp_path):
     out = tmp_path / "study"
     args = ["compare", "--controllers", "fixed:1.0,introspective", "--seeds", "2", "--steps", "2", "--out", str(out),
             "--set", "task.eval_size=40", "--set", "train.eval_avg_problems=8", "--set", "rollout.prompts_per_step=4"]
-    first = run_cli(*args, timeout=600)
+    first = run_cli(*args)
     assert first.returncode == 0, first.stderr[-2000:]
     result = json.loads((out / "compare.json").read_text())
     assert set(result["arms"]) == {"fixed:1.0", "introspective"}

@@ -17,8 +17,10 @@ from thermorl.algorithms.hierarchical import beta_head_parameters, bins_kl, hybr
 from thermorl.config import load_config
 from thermorl.engines.hf import encode_prompts, sample, score
 from thermorl.errors import ConfigError, ThermoRLError
-from thermorl.runtime.trainer import build_components, evaluate_policy, grpo_update
+from thermorl.runtime.components import build_components
+from thermorl.runtime.update import grpo_update
 from thermorl.study import compare as study
+from thermorl.study.evaluate import evaluate_policy
 from thermorl.temperature import CONTROLLERS
 
 TINY = ["model.path=builtin:random", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
@@ -189,7 +191,9 @@ def test_class_temperature_curves_average_each_class_per_window():
         {"step": 2, "classes": ["digit", "end"], "temperatures": [0.9, 1.2]},
         {"step": 3, "classes": ["digit"], "temperatures": [0.2]},
     ]
-    curves = study.class_temperature_curves(samples, window=2)
+    from thermorl.reports.plots import class_temperature_curves
+
+    curves = class_temperature_curves(samples, window=2)
     assert curves["digit"] == [(1.5, pytest.approx((0.5 + 0.7 + 0.9) / 3)), (3.5, pytest.approx(0.2))]
     assert curves["operator"] == [(1.5, 1.0)] and curves["end"] == [(1.5, 1.2)]
 

@@ -110,7 +110,8 @@ def test_high_entropy_mask_keeps_the_top_fraction_of_generated_tokens():
 def test_top_entropy_fraction_keeps_only_the_forking_tokens_in_the_loss():
     from thermorl.config import load_config
     from thermorl.engines.hf import encode_prompts, sample
-    from thermorl.runtime.trainer import build_components, grpo_update
+    from thermorl.runtime.components import build_components
+    from thermorl.runtime.update import grpo_update
 
     config = load_config(None, [
         "model.path=builtin:random", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",

@@ -13,12 +13,13 @@ from safetensors.torch import load_file
 from torch.distributions import Bernoulli, Beta, Categorical
 
 from thermorl.algorithms.hierarchical import bins_entropy, hybrid_entropy, temperature_logprob
-from thermorl.config import IntrospectiveConfig, load_config
+from thermorl.config import load_config
 from thermorl.engines.hf import encode_prompts, sample, score
 from thermorl.runtime import checkpoint as ckpt
-from thermorl.runtime.trainer import build_components, grpo_update, load_for_eval
+from thermorl.runtime.components import build_components, load_for_eval
+from thermorl.runtime.update import grpo_update
 from thermorl.temperature import ControllerEnv, StepContext, build_controller
-from thermorl.temperature.introspective import IntrospectiveController
+from thermorl.temperature.introspective import IntrospectiveConfig, IntrospectiveController
 
 PROMPTS = ["3,7,2>23:", "5,3,9>12:", "8,2,1>6:", "4,4,6>40:"]
 TINY = ["model.path=builtin:random", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2"]

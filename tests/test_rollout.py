@@ -2,11 +2,10 @@
 
 import torch
 
-from thermorl.config import EntropyConfig, FixedConfig
 from thermorl.engines.hf import decode_completions, encode_prompts, sample, score
 from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController
-from thermorl.temperature.entropy import EntropyController
-from thermorl.temperature.fixed import FixedController
+from thermorl.temperature.entropy import EntropyConfig, EntropyController
+from thermorl.temperature.fixed import FixedConfig, FixedController
 
 
 class PositionAndRowTemperature(TemperatureController):

@@ -7,6 +7,7 @@ import json
 import random
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ from thermorl.engines.hf import encode_prompts, sample, score
 from thermorl.errors import NonFiniteError, RewardError, TrainingDivergedError
 from thermorl.rewards.guard import RewardGuard, RewardTimeout, call_with_timeout
 from thermorl.runtime import checkpoint as ckpt
-from thermorl.runtime.trainer import build_components, grpo_update, train
+from thermorl.runtime.components import build_components
+from thermorl.runtime.trainer import train
+from thermorl.runtime.update import grpo_update
 from thermorl.temperature import CONTROLLERS
 from thermorl.temperature.base import TemperatureActions, TemperatureController, full
 
@@ -82,7 +85,7 @@ def chaos(monkeypatch):
         nan_temperature_steps = set()
         nan_loss_steps = set()
 
-    monkeypatch.setitem(CONTROLLERS, "fixed", Registered)
+    monkeypatch.setitem(CONTROLLERS, "fixed", replace(CONTROLLERS["fixed"], build=Registered))
     return Registered
 
 

@@ -86,7 +86,8 @@ def test_b_c_two_introspective_grpo_steps_then_reload_the_checkpoint(gguf_policy
 
     from thermorl.config import load_config
     from thermorl.engines.hf import encode_prompts
-    from thermorl.runtime.trainer import load_for_eval, train
+    from thermorl.runtime.components import load_for_eval
+    from thermorl.runtime.trainer import train
 
     run = tmp_path / "run"
     dense = tmp_path / "dense_reward.py"  # 2 prompts x 2 samples of a 135M model: math rewards are all 0

@@ -13,11 +13,10 @@ from thermorl.algorithms.tampo import (
     tampo_outer_update,
     top_p_candidates,
 )
-from thermorl.config import TampoConfig
 from thermorl.errors import ConfigError
 from thermorl.runtime.checkpoint import split_state
 from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions
-from thermorl.temperature.tampo import TampoController
+from thermorl.temperature.tampo import TampoConfig, TampoController
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))

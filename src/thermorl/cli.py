@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from thermorl.config.registry import CONTROLLERS, TASKS
 from thermorl.errors import ThermoRLError
 
 app = typer.Typer(
@@ -69,7 +70,9 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<time>-<controller>)."),
     steps: Optional[int] = typer.Option(None, help="Shortcut for --set train.steps=N."),
     seed: Optional[int] = typer.Option(None, help="Shortcut for --set train.seed=N."),
-    controller: Optional[str] = typer.Option(None, help="Shortcut for --set temperature.controller=NAME."),
+    controller: Optional[str] = typer.Option(
+        None, help=f"Shortcut for --set temperature.controller=NAME ({', '.join(CONTROLLERS)})."
+    ),
     resume: Optional[Path] = typer.Option(
         None, "--resume", help="Continue this run directory from its newest valid checkpoint (uses its config.yaml)."
     ),
@@ -185,7 +188,7 @@ def evaluate(
 
     from thermorl.config import load_config
     from thermorl.engines import build_engine
-    from thermorl.runtime.trainer import load_for_eval
+    from thermorl.runtime.components import load_for_eval
     from thermorl.study.evaluate import greedy_accuracy, sampled_metrics
 
     if benchmarks is not None:
@@ -228,7 +231,7 @@ def generate(
     from thermorl.config import load_config
     from thermorl.engines import build_engine
     from thermorl.reports.interpret import colour_range, temperature_colour
-    from thermorl.runtime.trainer import load_for_eval
+    from thermorl.runtime.components import load_for_eval
 
     try:
         run_config, model_dir = _resolve_checkpoint(checkpoint)
@@ -313,6 +316,10 @@ def show_config() -> None:
     table.add_column("default")
     table.add_column("help")
     for name, help_text, default in field_help():
+        if name == "temperature.controller":
+            help_text = f"{help_text} Registered: {', '.join(CONTROLLERS)}."
+        if name == "task.name":
+            help_text = f"{help_text} Registered: {', '.join(TASKS)}."
         table.add_row(name, repr(default), help_text)
     Console(width=200).print(table)
 
@@ -321,7 +328,8 @@ def show_config() -> None:
 def compare(
     controllers: str = typer.Option(
         "fixed:0.6,fixed:1.0,fixed:1.4,linear,ead,entropy,tampo,introspective",
-        help="Comma-separated controllers; fixed:T is a fixed temperature T, other names use their config defaults.",
+        help=f"Comma-separated controllers ({', '.join(CONTROLLERS)}); fixed:T is a fixed temperature T, "
+        "name[key=value,...] overrides that controller's section, other names use their config defaults.",
     ),
     seeds: int = typer.Option(5, min=1, help="Seeds per controller (0..N-1); the same seeds for every controller."),
     steps: int = typer.Option(

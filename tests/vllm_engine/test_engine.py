@@ -88,9 +88,9 @@ def test_weights_follow_one_optimizer_step(vllm_setup, lora):
     config, components, engine = vllm_setup
     policy = components.policy
     if lora:
-        from thermorl.models.policy import Policy
-
         import copy
+
+        from thermorl.models.policy import Policy
 
         model = add_lora(copy.deepcopy(policy.model), load_config(None, ["model.lora_r=4"]).model)
         policy = Policy(model, policy.tokenizer)

@@ -13,32 +13,41 @@ from pathlib import Path
 from typing import Any
 
 from thermorl.config import loader
+from thermorl.config.fields import doc
 from thermorl.config.loader import dump_config, from_dict, to_dict
+from thermorl.config.registry import ADVANTAGES, AGGREGATIONS, CONTROLLERS
 from thermorl.config.schema import (
     MAX_TASK_NUMBER,
     AlgorithmConfig,
     Config,
-    EADConfig,
-    EntropyConfig,
-    FixedConfig,
-    IntrospectiveConfig,
-    LinearConfig,
     LogConfig,
     ModelConfig,
     RolloutConfig,
-    TampoConfig,
     TaskConfig,
     TemperatureConfig,
     TrainConfig,
     VLLMConfig,
-    doc,
 )
 
 __all__ = [
-    "MAX_TASK_NUMBER", "AlgorithmConfig", "Config", "EADConfig", "EntropyConfig", "FixedConfig",
-    "IntrospectiveConfig", "LinearConfig", "LogConfig", "ModelConfig", "RolloutConfig", "TampoConfig", "TaskConfig",
-    "TemperatureConfig", "TrainConfig", "VLLMConfig", "doc", "dump_config", "field_help", "from_dict", "load_config", "to_dict",
+    "ADVANTAGES", "AGGREGATIONS", "CONTROLLERS", "MAX_TASK_NUMBER", "AlgorithmConfig", "Config",
+    "LogConfig", "ModelConfig", "RolloutConfig", "TaskConfig",
+    "TemperatureConfig", "TrainConfig", "VLLMConfig", "doc", "dump_config", "field_help", "from_dict", "load_config",
+    "to_dict",
 ]
+
+
+_CONTROLLER_SECTIONS = {  # the built-in controllers' sections, defined in their files (thermorl.temperature.*)
+    "FixedConfig": "fixed", "LinearConfig": "linear", "EADConfig": "ead", "EntropyConfig": "entropy",
+    "TampoConfig": "tampo", "IntrospectiveConfig": "introspective",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """``from thermorl.config import FixedConfig`` etc.: the config class a built-in controller registered."""
+    if name in _CONTROLLER_SECTIONS:
+        return CONTROLLERS[_CONTROLLER_SECTIONS[name]].config
+    raise AttributeError(f"module 'thermorl.config' has no attribute {name!r}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

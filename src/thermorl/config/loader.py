@@ -6,6 +6,7 @@ Unknown keys and wrong types raise :class:`ConfigError` whose message names the 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -47,21 +48,46 @@ def read_raw(path: str | Path | None, overrides: list[str] | tuple[str, ...]) ->
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from a nested dict, type-checking every field."""
+    """Instantiate dataclass ``cls`` from a nested dict, type-checking every field.
+
+    A field made with ``plugin_sections(registry)`` takes the keys that name a registered plug-in,
+    each typed with that plug-in's config dataclass (unnamed ones keep their defaults).
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in known:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    plugins = next((f for f in fields.values() if "plugins" in f.metadata), None)
+    known = [name for name in fields if plugins is None or name != plugins.name]
+    registry = plugins.metadata["plugins"] if plugins is not None else None
+    kwargs: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in known:
+            kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+        elif registry is not None and key in registry and registry[key].config is not None:
+            sections[key] = from_dict(registry[key].config, value if value is not None else {}, f"{prefix}{key}.")
+        else:
+            names = sorted(known) + (sorted(n for n, p in registry.items() if p.config is not None) if registry else [])
             shown = key if str(key).isprintable() else repr(key)  # the message stays one line
-            raise ConfigError(f"unknown config key {prefix}{shown} (known: {', '.join(sorted(known))})")
-    kwargs = {key: _coerce(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
+            raise ConfigError(f"unknown config key {prefix}{shown} (known: {', '.join(names)})")
+    if registry is not None:
+        kwargs[plugins.name] = {**registry.default_sections(), **sections}
     return cls(**kwargs)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    """The nested dict of a config (plug-in sections inline, as in YAML)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if "plugins" in f.metadata:
+            out.update({name: to_dict(section) for name, section in value.items()})
+        elif dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        else:
+            out[f.name] = copy.deepcopy(value)
+    return out
 
 
 def dump_config(config: Any, path: str | Path) -> None:
@@ -74,7 +100,10 @@ def field_help(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
     instance = cls()
     for f in dataclasses.fields(cls):
         value = getattr(instance, f.name)
-        if dataclasses.is_dataclass(value):
+        if "plugins" in f.metadata:
+            for name, section in value.items():
+                rows.extend(field_help(type(section), f"{prefix}{name}."))
+        elif dataclasses.is_dataclass(value):
             rows.extend(field_help(type(value), f"{prefix}{f.name}."))
         else:
             rows.append((f"{prefix}{f.name}", f.metadata.get("help", ""), value))
@@ -139,9 +168,12 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 def walk_sections(obj: Any):
-    """``obj`` and every dataclass nested in it, depth first."""
+    """``obj`` and every dataclass nested in it (plug-in sections included), depth first."""
     yield obj
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
+        if "plugins" in f.metadata:
+            for section in value.values():
+                yield from walk_sections(section)
+        elif dataclasses.is_dataclass(value):
             yield from walk_sections(value)

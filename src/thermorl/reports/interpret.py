@@ -38,7 +38,6 @@ from thermorl.temperature.base import StepContext, TemperatureActions, Temperatu
 from thermorl.temperature.entropy import logits_entropy  # noqa: E402
 
 
-
 class _EntropyProbe(TemperatureController):
     """Wraps a controller and keeps the untempered entropy of every step (no extra forward pass)."""
 

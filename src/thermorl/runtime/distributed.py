@@ -187,10 +187,6 @@ class Distributed:
         if not self.is_main:
             controller.load_state_dict(state[0])
 
-    def barrier(self) -> None:
-        if self.enabled:
-            torch.distributed.barrier()
-
     # -- coordination -----------------------------------------------------------------------
     def any_process(self, flag: bool) -> bool:
         """Whether ``flag`` is true in some process (e.g. a stop signal that reached only one)."""

@@ -17,7 +17,7 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -25,10 +25,8 @@ from thermorl.config import Config, dump_config
 from thermorl.errors import CheckpointError, ThermoRLError
 from thermorl.runtime import checkpoint as ckpt
 from thermorl.runtime import sharded
+from thermorl.runtime.components import Components
 from thermorl.runtime.tracking import truncate_jsonl
-
-if TYPE_CHECKING:
-    from thermorl.runtime.trainer import Components
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,21 @@
-"""Run-directory outputs: metrics.jsonl, TensorBoard events, sample completions."""
+"""Run-directory outputs: metrics.jsonl, TensorBoard events, sample completions, summary.json.
+
+``RunSummary`` is the typed summary.json that the trainer writes and compare and the plots read;
+``read_jsonl`` is the one reader of the run's JSON-lines files (metrics, samples, traces).
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from thermorl.config import Config, dump_config
 from thermorl.errors import ThermoRLError
+from thermorl.runtime.runlock import LOCK_NAME, RunLock
 
 
 class RunLogger:
@@ -66,6 +74,106 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
     tmp.replace(path)
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
+STEP_METRICS = {  # metrics.jsonl: the keys every trainer step (or evaluation) writes, read by plots and compare
+    "step": "GRPO step (0: the evaluation before training)",
+    "reward_mean": "mean reward of the step's completions",
+    "reward_std": "standard deviation of those rewards",
+    "zero_variance_groups": "fraction of prompt groups whose rewards are all equal (no GRPO signal)",
+    "temperature_mean": "token-mean sampling temperature",
+    "temperature_std": "token standard deviation of the sampling temperature",
+    "entropy_mean": "token-mean entropy of the sampled (tempered) distributions",
+    "completion_length": "mean completion length in tokens",
+    "lr": "language-model learning rate",
+    "pg_loss": "policy-gradient term of the token objective",
+    "clip_fraction": "fraction of tokens whose ratio was clipped",
+    "approx_kl": "k3 estimate of KL(pi_old || pi)",
+    "grad_norm": "LM gradient norm before clipping",
+    "head_grad_norm": "temperature-head gradient norm before clipping (controllers with a head)",
+    "loss": "total loss (LM and head)",
+    "lm_updates": "optimizer steps of the LM so far",
+    "head_updates": "optimizer steps of the temperature head so far",
+    "skipped_steps": "steps skipped for NaN/inf so far",
+    "step_time_s": "wall time of the step",
+    "eval_accuracy": "held-out greedy accuracy (evaluation steps)",
+    "eval_avg_at_k": "held-out avg@k at train.eval_temperature (evaluation steps)",
+    "eval_pass_at_k": "held-out pass@k at train.eval_temperature (evaluation steps)",
+}
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file (metrics.jsonl, samples.jsonl, temperature_traces.jsonl)."""
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+@dataclass
+class RunSummary:
+    """RUN/summary.json: the headline numbers of a finished run."""
+
+    controller: str
+    seed: int
+    steps: int
+    initial_eval_accuracy: float  # greedy accuracy on the held-out split before training
+    final_eval_accuracy: float
+    initial_eval_avg_at_k: float  # avg@k at train.eval_temperature
+    final_eval_avg_at_k: float
+    final_eval_pass_at_k: float
+    eval_temperature: float  # the one temperature every arm's avg@k / pass@k is sampled at
+    lm_updates: int  # optimizer steps of the language model
+    head_updates: int  # optimizer steps of the temperature head
+    eval_problems: int
+    skipped_steps: int
+    train_time_s: float
+    wall_time_s: float
+    final_eval_own_avg_at_k: float | None = None  # at the controller's own temperatures, when it decodes with them
+    final_eval_own_pass_at_k: float | None = None
+
+    _ORDER = (  # summary.json's key order (the own-temperature columns follow eval_temperature)
+        "controller", "seed", "steps", "initial_eval_accuracy", "final_eval_accuracy", "initial_eval_avg_at_k",
+        "final_eval_avg_at_k", "final_eval_pass_at_k", "eval_temperature", "final_eval_own_avg_at_k",
+        "final_eval_own_pass_at_k", "lm_updates", "head_updates", "eval_problems", "skipped_steps", "train_time_s",
+        "wall_time_s",
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        values = asdict(self)
+        return {key: values[key] for key in self._ORDER if values[key] is not None}
+
+    def write(self, run_dir: Path) -> None:
+        (run_dir / "summary.json").write_text(json.dumps(self.to_json(), indent=2))
+
+    @classmethod
+    def read(cls, run_dir: Path) -> "RunSummary":
+        return cls(**json.loads((run_dir / "summary.json").read_text()))
+
+
+def prepare_run_dir(out_dir: Path, config: Config) -> RunLock:
+    """Create and lock the run directory; refuse to write into a non-empty one; leave nothing behind on
+    failure. Returns the held lock (a concurrent run with the same --out gets a one-line error)."""
+    if (out_dir / "config.yaml").is_file():
+        raise ThermoRLError(f"output directory {out_dir} is an existing run (continue it with --resume {out_dir})")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ThermoRLError(f"output directory {out_dir} exists and is a file (choose another --out)")
+    if out_dir.exists() and any(p.name != LOCK_NAME for p in out_dir.iterdir()):
+        raise ThermoRLError(f"output directory {out_dir} exists and is not empty (choose another --out)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ThermoRLError(f"cannot create output directory {out_dir}: {err.strerror}") from None
+    lock = RunLock(out_dir).acquire()
+    if (out_dir / "config.yaml").is_file():  # a run that took the directory between the check and the lock
+        lock.release()
+        raise ThermoRLError(f"output directory {out_dir} is an existing run (continue it with --resume {out_dir})")
+    try:
+        dump_config(config, out_dir / "config.yaml")
+    except OSError as err:
+        lock.release()
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise ThermoRLError(f"cannot write {out_dir / 'config.yaml'}: {err.strerror}") from None
+    return lock
+
+
+def release(lock: RunLock | None) -> None:
+    """Release a run directory's lock, if one is held."""
+    if lock is not None:
+        lock.release()

@@ -14,7 +14,6 @@ resumes where it stopped: benchmarks already in it are skipped) and ``OUT/eval.m
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import zlib
@@ -32,6 +31,7 @@ from thermorl.errors import ThermoRLError
 from thermorl.models.policy import Policy
 from thermorl.rewards.guard import RewardGuard
 from thermorl.study.evaluate import pass_at_k, score_problems
+from thermorl.study.stats import bootstrap_interval
 from thermorl.tasks.base import Problem
 from thermorl.tasks.math import MathTask, math_problem
 from thermorl.tasks.math_data import load_math_rows
@@ -51,17 +51,6 @@ class BenchmarkSettings:
     max_new_tokens: int
     seed: int
     problems: int | None  # per-benchmark cap (a prefix of each file); None = all
-
-
-def bootstrap_interval(values: list[float], resamples: int = 2000, seed: int = 0, level: float = 0.95) -> list[float]:
-    """Percentile-bootstrap interval of the mean of ``values`` (problems resampled with replacement)."""
-    data = np.asarray(values, dtype=np.float64)
-    if len(data) == 0:
-        return [math.nan, math.nan]
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, len(data), size=(resamples, len(data)))].mean(axis=1)
-    tail = (1.0 - level) / 2.0
-    return [float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))]
 
 
 def summarise(correct: list[int], samples: int, k: int, seed: int = 0) -> dict[str, Any]:
@@ -219,7 +208,7 @@ def run_benchmark_eval(
 
     from thermorl.config import load_config
     from thermorl.rewards import TaskReward, load_reward_function, math_verify_reward
-    from thermorl.runtime.trainer import load_for_eval
+    from thermorl.runtime.components import load_for_eval
 
     cfg = load_config(run_config, overrides)
     cfg.model.path = model_path

@@ -26,14 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from scipy import stats
 
-from thermorl.config import load_config
+from thermorl.config import CONTROLLERS, load_config
 from thermorl.errors import ConfigError, ThermoRLError
 from thermorl.runtime.checkpoint import list_checkpoints
-from thermorl.runtime.tracking import read_metrics
+from thermorl.runtime.tracking import read_jsonl
+from thermorl.study import stats
 
-CONTROLLERS = ("fixed", "linear", "ead", "entropy", "tampo", "introspective")
 METRICS = (  # summary.json key, column title ({k}: train.eval_avg_k, {t}: train.eval_temperature of the runs)
     ("final_eval_accuracy", "greedy acc"),
     ("final_eval_avg_at_k", "avg@{k} at T={t}"),
@@ -86,7 +85,7 @@ def parse_arms(spec: str) -> list[Arm]:
         if match is None:
             raise ThermoRLError(f"--controllers: cannot read {item!r} (write name, fixed:T or name[key=value,...])")
         name, value, extra = match["name"], match["value"], match["overrides"]
-        if name not in CONTROLLERS:
+        if name not in CONTROLLERS:  # the registered controllers, thermorl's and plug-ins'
             raise ThermoRLError(f"--controllers: unknown controller {name!r} (choose from {', '.join(CONTROLLERS)})")
         overrides = [f"temperature.controller={name}"]
         if value:
@@ -209,54 +208,6 @@ def execute(
     return failed
 
 
-# --------------------------------------------------------------------------- statistics
-
-
-def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
-    """Mean and the half-width of its t confidence interval: t_{(1+level)/2, n-1} * s / sqrt(n)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    return mean, stats.t.ppf((1 + level) / 2, n - 1) * _sd(values) / math.sqrt(n)
-
-
-def paired_test(a: list[float], b: list[float]) -> dict[str, float]:
-    """Paired t-test of a - b over matched seeds: d_i = a_i - b_i, t = mean(d) / (s_d / sqrt(n))."""
-    diffs = [x - y for x, y in zip(a, b, strict=True)]
-    mean, half = mean_ci(diffs)
-    result = stats.ttest_rel(a, b)
-    return {"mean_difference": mean, "ci95": half, "t": float(result.statistic), "p_value": float(result.pvalue),
-            "n": len(diffs)}
-
-
-def min_detectable_difference(diffs_sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
-    """Smallest true paired difference detected with the given power by a two-sided paired t-test:
-    MDE = (t_{1-alpha/2, n-1} + t_{power, n-1}) * s_d / sqrt(n)."""
-    if n < 2:
-        return float("nan")
-    return (stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * diffs_sd / math.sqrt(n)
-
-
-def binomial_se(accuracy: float, problems: int) -> float:
-    """Standard error of one accuracy measured on ``problems`` independent problems."""
-    return math.sqrt(accuracy * (1 - accuracy) / problems)
-
-
-def moving_mean(values: list[float], window: int) -> list[float]:
-    """Trailing moving mean: entry i averages values[max(0, i - window + 1) : i + 1]."""
-    out = []
-    for i in range(len(values)):
-        part = values[max(0, i - window + 1): i + 1]
-        out.append(sum(part) / len(part))
-    return out
-
-
-def _sd(values: list[float]) -> float:
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1))
-
-
 # --------------------------------------------------------------------------- aggregation
 
 
@@ -293,7 +244,7 @@ def aggregate(out: Path, arms: list[Arm], seeds: int) -> dict:
         updates = [per_seed[s].get("lm_updates") for s in sorted(per_seed)]
         if updates and None not in updates:
             row["lm_updates"] = sum(updates) / len(updates)
-        explored = [exploration_summary(read_metrics(r.out / "metrics.jsonl"))
+        explored = [exploration_summary(read_jsonl(r.out / "metrics.jsonl"))
                     for r in runs if r.arm == arm and r.done]
         if explored:
             for key in ("temperature_last", "zero_variance_last"):
@@ -304,7 +255,7 @@ def aggregate(out: Path, arms: list[Arm], seeds: int) -> dict:
         for key, _ in METRICS:
             values = [per_seed[s][key] for s in sorted(per_seed) if key in per_seed[s]]
             if values and len(values) == len(per_seed):
-                mean, half = mean_ci(values)
+                mean, half = stats.mean_ci(values)
                 row[key] = {"mean": mean, "ci95": half, "values": values}
         table[arm.label] = row
 
@@ -315,12 +266,12 @@ def aggregate(out: Path, arms: list[Arm], seeds: int) -> dict:
         base = table[best.label]["final_eval_accuracy"]["values"]
         for arm in complete:
             if arm != best:
-                table[arm.label]["vs_best_fixed"] = paired_test(table[arm.label]["final_eval_accuracy"]["values"], base)
+                table[arm.label]["vs_best_fixed"] = stats.paired_test(table[arm.label]["final_eval_accuracy"]["values"], base)
         if "introspective" in {a.label for a in complete}:
             intro = table["introspective"]["final_eval_accuracy"]["values"]
             comparison = {"best_fixed": best.label, **table["introspective"]["vs_best_fixed"]}
-            comparison["min_detectable_difference"] = min_detectable_difference(
-                _sd([x - y for x, y in zip(intro, base)]), seeds
+            comparison["min_detectable_difference"] = stats.min_detectable_difference(
+                stats.sd([x - y for x, y in zip(intro, base)]), seeds
             )
     problems = first["eval_problems"]
     train_config = yaml.safe_load((first_run.out / "config.yaml").read_text())["train"]
@@ -331,7 +282,7 @@ def aggregate(out: Path, arms: list[Arm], seeds: int) -> dict:
         "steps": first["steps"],
         "eval_problems": problems,
         "warm_start_accuracy": first["initial_eval_accuracy"],
-        "eval_noise_se": binomial_se(first["initial_eval_accuracy"], problems),
+        "eval_noise_se": stats.binomial_se(first["initial_eval_accuracy"], problems),
         "resolution": _resolution(table, complete, seeds),
         "arms": table,
         "introspective_vs_best_fixed": comparison,
@@ -339,7 +290,10 @@ def aggregate(out: Path, arms: list[Arm], seeds: int) -> dict:
     }
     (out / "compare.json").write_text(json.dumps(result, indent=2))
     (out / "compare.md").write_text(markdown_table(result))
-    plot_study(out, arms, seeds, result)
+    from thermorl.reports.plots import plot_study  # matplotlib only once there is something to plot
+
+    plot_study(out, [a.label for a in arms], [[r.out for r in plan_runs(out, [a], seeds) if r.done] for a in arms],
+               seeds, result)
     return result
 
 
@@ -349,10 +303,10 @@ def _resolution(table: dict, complete: list[Arm], seeds: int) -> float:
     for i, a in enumerate(complete):
         for b in complete[i + 1:]:
             x, y = table[a.label]["final_eval_accuracy"]["values"], table[b.label]["final_eval_accuracy"]["values"]
-            diffs_var.append(_sd([u - v for u, v in zip(x, y)]) ** 2)
+            diffs_var.append(stats.sd([u - v for u, v in zip(x, y)]) ** 2)
     if not diffs_var:
         return float("nan")
-    return min_detectable_difference(math.sqrt(sum(diffs_var) / len(diffs_var)), seeds)
+    return stats.min_detectable_difference(math.sqrt(sum(diffs_var) / len(diffs_var)), seeds)
 
 
 def markdown_table(result: dict) -> str:
@@ -433,152 +387,3 @@ def update_doc(doc: Path, out: Path, command: str) -> None:
     ])
     head, rest = text.split(DOC_BEGIN, 1)
     doc.write_text(head + block + rest.split(DOC_END, 1)[1])
-
-
-def plot_study(out: Path, arms: list[Arm], seeds: int, result: dict, smooth: int = 10) -> None:
-    """curves.png: training reward per step (moving mean over ``smooth`` steps), mean and 95% band over
-    seeds; final_accuracy.png: final greedy accuracy per controller with its interval."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axis = plt.subplots(figsize=(9, 5.5))
-    for arm in arms:
-        curves = []
-        for r in plan_runs(out, [arm], seeds):
-            if r.done:
-                rewards = [row["reward_mean"] for row in read_metrics(r.out / "metrics.jsonl")
-                           if row.get("reward_mean") is not None]
-                curves.append(moving_mean(rewards, smooth))
-        if not curves:
-            continue
-        length = min(map(len, curves))
-        points = [mean_ci([c[i] for c in curves]) for i in range(length)]
-        steps = range(1, length + 1)
-        means = [m for m, _ in points]
-        axis.plot(steps, means, label=arm.label)
-        if len(curves) > 1:
-            axis.fill_between(steps, [m - h for m, h in points], [m + h for m, h in points], alpha=0.15)
-    axis.set_xlabel("GRPO step")
-    axis.set_ylabel(f"training reward ({smooth}-step moving mean)")
-    axis.set_title(f"mean over {seeds} seeds, 95% band")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=100)
-    plt.close(fig)
-
-    plot_dynamics(out, arms, seeds, smooth)
-    plot_learned_temperatures(out, arms, seeds)
-
-    fig, axis = plt.subplots(figsize=(9, 4.5))
-    labels = [a.label for a in arms if "final_eval_accuracy" in result["arms"][a.label]]
-    means = [result["arms"][k]["final_eval_accuracy"]["mean"] for k in labels]
-    halves = [result["arms"][k]["final_eval_accuracy"]["ci95"] for k in labels]
-    axis.errorbar(range(len(labels)), means, yerr=[0 if math.isnan(h) else h for h in halves], fmt="o", capsize=4)
-    for i, label in enumerate(labels):
-        values = result["arms"][label]["final_eval_accuracy"]["values"]
-        axis.scatter([i] * len(values), values, s=8, color="gray", alpha=0.6)
-    axis.axhline(result["warm_start_accuracy"], color="black", linestyle="--", linewidth=1, label="warm start")
-    axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-    axis.set_ylabel("held-out greedy accuracy")
-    axis.set_title(f"after {result['steps']} steps: mean and 95% interval over {seeds} seeds (dots: seeds)")
-    axis.grid(alpha=0.3, axis="y")
-    axis.legend()
-    fig.tight_layout()
-    fig.savefig(out / "final_accuracy.png", dpi=100)
-    plt.close(fig)
-
-
-DYNAMICS = (  # metrics.jsonl key, axis label: the signs of collapsing exploration
-    ("temperature_mean", "mean sampling temperature"),
-    ("zero_variance_groups", "groups with zero reward variance"),
-    ("entropy_mean", "token entropy (sampled distribution)"),
-)
-
-
-def plot_dynamics(out: Path, arms: list[Arm], seeds: int, smooth: int = 10) -> None:
-    """dynamics.png: per arm, the mean over seeds of the sampling temperature, the fraction of groups with
-    zero reward variance (no GRPO signal) and the token entropy, per step (moving mean over ``smooth``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(DYNAMICS), figsize=(16, 4.5))
-    for arm in arms:
-        rows = [read_metrics(r.out / "metrics.jsonl") for r in plan_runs(out, [arm], seeds) if r.done]
-        for axis, (key, _) in zip(axes, DYNAMICS):
-            curves = [moving_mean([row[key] for row in run if row.get(key) is not None], smooth) for run in rows]
-            curves = [c for c in curves if c]
-            if curves:
-                length = min(map(len, curves))
-                axis.plot(range(1, length + 1), [sum(c[i] for c in curves) / len(curves) for i in range(length)],
-                          label=arm.label)
-    for axis, (_, label) in zip(axes, DYNAMICS):
-        axis.set(xlabel="GRPO step", ylabel=label)
-        axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"mean over {seeds} seeds, {smooth}-step moving mean")
-    fig.tight_layout()
-    fig.savefig(out / "dynamics.png", dpi=100)
-    plt.close(fig)
-
-
-def class_temperature_curves(samples: list[dict], window: int = 25) -> dict[str, list[tuple[float, float]]]:
-    """Token class -> [(window's middle step, mean temperature of that class's logged tokens)], from the
-    ``classes`` and ``temperatures`` of RUN/samples.jsonl rows, in windows of ``window`` steps."""
-    sums: dict[str, dict[int, list[float]]] = {}
-    for row in samples:
-        bucket = (row["step"] - 1) // window
-        for cls, tau in zip(row.get("classes", []), row["temperatures"]):
-            entry = sums.setdefault(cls, {}).setdefault(bucket, [0.0, 0.0])
-            entry[0] += tau
-            entry[1] += 1
-    return {cls: [(b * window + (window + 1) / 2, total / count) for b, (total, count) in sorted(buckets.items())]
-            for cls, buckets in sums.items()}
-
-
-def plot_learned_temperatures(out: Path, arms: list[Arm], seeds: int) -> None:
-    """learned_temperatures.png: for each arm whose temperature varies within a completion, the mean
-    temperature of each token class over training (logged samples of every seed pooled); for TAMPO arms,
-    the likelihood-optimal temperature T* of positive and negative trajectories per step (mean over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = []
-    for arm in arms:
-        runs = [r for r in plan_runs(out, [arm], seeds) if r.done]
-        if not runs:
-            continue
-        metrics = [read_metrics(r.out / "metrics.jsonl") for r in runs]
-        if any(row.get("tampo_tstar_positive") is not None for run in metrics for row in run):
-            panels.append((arm.label, "tstar", metrics))
-        samples = [row for r in runs if (r.out / "samples.jsonl").is_file() for row in read_metrics(r.out / "samples.jsonl")]
-        if any(row.get("temperature_std", 0) > 1e-6 for run in metrics for row in run) and samples:
-            panels.append((arm.label, "classes", samples))
-    if not panels:
-        return
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-    for axis, (label, kind, data) in zip(axes[0], panels):
-        if kind == "classes":
-            for cls, points in class_temperature_curves(data).items():
-                axis.plot(*zip(*points), marker=".", label=cls)
-            axis.set_title(f"{label}: temperature by token class", fontsize=9)
-        else:
-            for key, name in (("tampo_tstar_positive", "T* of A > 0"), ("tampo_tstar_negative", "T* of A < 0")):
-                curves = [moving_mean([row[key] for row in run if row.get(key) is not None], 10) for run in data]
-                length = min(map(len, curves))
-                axis.plot(range(1, length + 1), [sum(c[i] for c in curves) / len(curves) for i in range(length)],
-                          label=name)
-            axis.set_title(f"{label}: likelihood-optimal T*", fontsize=9)
-        axis.set_xlabel("GRPO step")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    axes[0][0].set_ylabel("temperature")
-    fig.tight_layout()
-    fig.savefig(out / "learned_temperatures.png", dpi=100)
-    plt.close(fig)

@@ -1,17 +1,22 @@
-"""Held-out evaluation: greedy accuracy, avg@k, and the unbiased pass@k estimator."""
+"""Held-out evaluation: greedy accuracy, avg@k, the unbiased pass@k estimator, and a run's periodic evaluation."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
-from thermorl.config import FixedConfig
+from thermorl.config import Config
 from thermorl.engines.base import RolloutBatch, RolloutEngine
+from thermorl.runtime import fsdp
 from thermorl.tasks.base import Problem, Task
 from thermorl.temperature.base import ControllerEnv, TemperatureController
-from thermorl.temperature.fixed import FixedController
+from thermorl.temperature.fixed import FixedConfig, FixedController
+
+if TYPE_CHECKING:
+    from thermorl.runtime.components import Components
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -81,3 +86,32 @@ def sampled_metrics(
     avg = sum(sum(s) / k for s in scores) / len(scores)
     passed = sum(pass_at_k(k, int(sum(s)), k) for s in scores) / len(scores)
     return {"eval_avg_at_k": avg, "eval_pass_at_k": passed}
+
+
+def evaluate_policy(
+    c: Components, config: Config, step: int, generator: torch.Generator,
+    on_batch: Callable[[RolloutBatch], None] | None = None,
+) -> dict[str, float]:
+    """Greedy accuracy on the whole held-out split; avg@k / pass@k on its prefix at the one shared
+    ``train.eval_temperature`` (every arm alike) and, for controllers that decode with their own policy
+    at inference, at their own temperatures too (``eval_own_*``). ``on_batch`` sees each shared-temperature
+    evaluation rollout."""
+    # under accelerate each process scores every N-th problem; the shards are combined by size below
+    problems = c.dist.stride(c.task.eval_problems())
+    sampled = c.dist.stride(c.task.eval_problems()[: config.train.eval_avg_problems])
+    reward = c.reward or c.task.reward
+    with fsdp.full_weights(c.policy), c.dist.coordinated():  # no collectives inside: shards may differ in size
+        metrics = {"eval_accuracy": greedy_accuracy(c.engine, c.task, problems, reward)}
+        env = ControllerEnv(c.policy.hidden_size, 1, c.policy.device)
+        shared = FixedController(FixedConfig(config.train.eval_temperature), env)
+        metrics.update(sampled_metrics(
+            c.engine, c.task, sampled, shared, config.train.eval_avg_k, generator, training_step=step, reward=reward,
+            on_batch=on_batch,
+        ))
+        if c.controller.decodes_at_inference:
+            own = sampled_metrics(
+                c.engine, c.task, sampled, c.controller, config.train.eval_avg_k, generator, training_step=step,
+                reward=reward,
+            )
+            metrics.update({key.replace("eval_", "eval_own_"): value for key, value in own.items()})
+    return c.dist.weighted_mean(metrics, {"eval_accuracy": len(problems)}, default_weight=len(sampled))

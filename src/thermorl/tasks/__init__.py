@@ -1,28 +1,16 @@
-"""Tasks by name."""
+"""Tasks by name: each task module registers its class (``TASKS``, built with ``from_config``)."""
 
 from thermorl.config import TaskConfig
+from thermorl.config.registry import TASKS
 from thermorl.tasks.arithmetic import Arithmetic
 from thermorl.tasks.base import Problem, Task
 from thermorl.tasks.countdown import Countdown, check_countdown
 from thermorl.tasks.math import MathTask
 
-TASKS: dict[str, type[Task]] = {"countdown": Countdown, "arithmetic": Arithmetic, "math": MathTask}
-
 
 def build_task(config: TaskConfig) -> Task:
     """The task named by ``config.name``; ``config.reward='module:function'`` replaces its reward."""
-    if config.name == "math":
-        task: Task = MathTask.from_config(config)
-    else:
-        extra = {"operations": config.operations} if config.name == "countdown" else {}
-        task = TASKS[config.name](
-            num_operands=config.num_operands,
-            max_operand=config.max_operand,
-            max_result=config.max_result,
-            eval_size=config.eval_size,
-            eval_seed=config.eval_seed,
-            **extra,
-        )
+    task: Task = TASKS[config.name].build.from_config(config)
     if config.reward != "default":
         from thermorl.rewards import TaskReward, load_reward_function
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import random
 
+from thermorl.config import TaskConfig
+from thermorl.config.registry import TASKS
 from thermorl.tasks.base import Problem, Task
 from thermorl.tasks.countdown import OPS, STEP
 
 
+@TASKS.register("arithmetic")
 class Arithmetic(Task):
     name = "arithmetic"
 
@@ -21,6 +24,10 @@ class Arithmetic(Task):
         self.num_operands = num_operands
         self.max_operand = max_operand
         self.max_result = max_result
+
+    @classmethod
+    def from_config(cls, config: TaskConfig) -> Arithmetic:
+        return cls(config.num_operands, config.max_operand, config.max_result, config.eval_size, config.eval_seed)
 
     def generate(self, rng: random.Random) -> Problem:
         while True:

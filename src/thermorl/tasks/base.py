@@ -10,7 +10,6 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-
 CLASSES = ("digit", "operator", "separator", "final answer", "end", "other")  # see token_classes
 OPERATORS = set("+-*/")
 SEPARATORS = set(",=")

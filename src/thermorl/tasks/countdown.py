@@ -17,12 +17,15 @@ from __future__ import annotations
 import random
 import re
 
+from thermorl.config import TaskConfig
+from thermorl.config.registry import TASKS
 from thermorl.tasks.base import Problem, Task
 
 STEP = re.compile(r"(\d{1,4})([+\-*])(\d{1,4})=(\d{1,5})")
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
+@TASKS.register("countdown")
 class Countdown(Task):
     name = "countdown"
 
@@ -35,6 +38,11 @@ class Countdown(Task):
         self.num_operands = num_operands
         self.max_operand = max_operand
         self.max_result = max_result
+
+    @classmethod
+    def from_config(cls, config: TaskConfig) -> Countdown:
+        return cls(config.num_operands, config.max_operand, config.max_result, config.eval_size, config.eval_seed,
+                   operations=config.operations)
 
     def generate(self, rng: random.Random) -> Problem:
         while True:

@@ -13,6 +13,7 @@ import random
 from typing import Any
 
 from thermorl.config import TaskConfig
+from thermorl.config.registry import TASKS
 from thermorl.tasks.base import Problem, Task
 from thermorl.tasks.math_data import load_math_rows
 
@@ -25,6 +26,7 @@ def math_problem(row: dict[str, Any], prompt_template: str = DEFAULT_PROMPT) -> 
     return Problem(prompt=prompt_template.replace("{problem}", row["problem"]), answer=row["answer"], data=data)
 
 
+@TASKS.register("math")
 class MathTask(Task):
     name = "math"
 

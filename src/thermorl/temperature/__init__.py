@@ -1,35 +1,28 @@
-"""Temperature controllers by name; each receives only its own config section."""
+"""Temperature controllers, one module each; each registers itself with its config section.
+
+``CONTROLLERS`` (``thermorl.config.registry``) maps a name to its controller class and config
+dataclass; ``build_controller`` builds the selected one from its own section only.
+"""
 
 from __future__ import annotations
 
 from thermorl.config import TemperatureConfig
-from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureController
-from thermorl.temperature.ead import EADController
-from thermorl.temperature.entropy import EntropyController
-from thermorl.temperature.fixed import FixedController
-from thermorl.temperature.introspective import IntrospectiveController
-from thermorl.temperature.linear import LinearController
-from thermorl.temperature.tampo import TampoController
+from thermorl.config.registry import CONTROLLERS
+from thermorl.errors import ConfigError
 
-CONTROLLERS: dict[str, type[TemperatureController]] = {
-    "fixed": FixedController,
-    "linear": LinearController,
-    "ead": EADController,
-    "entropy": EntropyController,
-    "tampo": TampoController,
-    "introspective": IntrospectiveController,
-}
+from thermorl.temperature import fixed, linear, ead, entropy, tampo, introspective  # noqa: F401  # isort: skip  (they register, in this order)
+from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController
 
 
 def build_controller(config: TemperatureConfig, env: ControllerEnv) -> TemperatureController:
     """The controller named by ``config.controller``, built from its own section."""
     if config.controller not in CONTROLLERS:
-        from thermorl.errors import ConfigError
-
         raise ConfigError(
             f"temperature.controller {config.controller!r} is not available (have: {', '.join(CONTROLLERS)})"
         )
-    return CONTROLLERS[config.controller](getattr(config, config.controller), env)
+    return CONTROLLERS[config.controller].build(config.active(), env)
 
 
-__all__ = ["CONTROLLERS", "ControllerEnv", "StepContext", "TemperatureController", "build_controller"]
+__all__ = [
+    "CONTROLLERS", "ControllerEnv", "StepContext", "TemperatureActions", "TemperatureController", "build_controller",
+]

@@ -122,7 +122,8 @@ class TemperatureController:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of ``state_dict``."""
+        """Inverse of ``state_dict``. Random streams (keys ending in ``generator``) may be absent: evaluation
+        (``load_for_eval``) loads a run's learned state but keeps the streams seeded from the run seed."""
 
 
 def full(ctx: StepContext, value: float) -> Tensor:

@@ -18,11 +18,15 @@ at T = 1, each token's loss weighted by min(pi_1(y_t) / pi_annealed(y_t), is_cap
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from thermorl.config import EADConfig
+from thermorl.config.fields import doc, positive, temperatures
+from thermorl.config.registry import CONTROLLERS
+from thermorl.errors import ConfigError
 from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController, full
 
 
@@ -43,6 +47,47 @@ def ead_temperature(t: int, step: int, config: EADConfig) -> float:
     return max(1.0 + config.tau_max - math.exp(t / d_s), config.tau_min)
 
 
+@dataclass
+class EADConfig:
+    form: Literal["paper", "code"] = doc(
+        "'paper': tau_t = max(1 + tau_max - exp(t / d_s), tau_min), d_s = min(d0 + a*step, d_max); "
+        "'code': the authors' released script, tau_t = max(1 + tau_max - exp(t / (20 d_s)), tau_min), "
+        "d_s = min(25 + 5*step, d_max).",
+        "paper",
+    )
+    tau_max: float = doc("Peak temperature at the start of a completion.", 1.2)
+    tau_min: float = doc("Floor temperature late in a completion.", 0.1)
+    warmup_tokens: int = doc(
+        "Tokens decoded at temperature 1.0 before annealing starts (c), in both forms (the authors' code keeps them "
+        "in every mode).", 10
+    )
+    d0: float = doc("Initial decay scale d_0 ('paper' form).", 200.0)
+    slope: float = doc("Growth of the decay scale per training step (a).", 5.0)
+    d_max: float = doc("Cap of the decay scale.", 4e4)
+    train_at: Literal["sampled", "one"] = doc(
+        "'sampled': the training ratio scores every token at the annealed temperature it was sampled at (thermorl's "
+        "exact-temperature rule); 'one': the authors' released code, which optimises the T = 1 policy from the "
+        "annealed samples (old log-probs at T = 1) with truncated importance weights "
+        "min(pi_1(y) / pi_annealed(y), is_cap).",
+        "sampled",
+    )
+    is_cap: float = doc("train_at=one: cap C of the truncated importance weight min(exp(logp_T1 - logp_sample), C).", 2.0)
+
+    def validate(self) -> None:
+        temperatures(self, "tau_max", "tau_min", section="temperature.ead")
+        if self.tau_min > self.tau_max:
+            raise ConfigError("temperature.ead.tau_min must be <= temperature.ead.tau_max")
+        positive(self, "d0", "d_max", "is_cap", section="temperature.ead")
+        if self.warmup_tokens < 0:
+            raise ConfigError(f"temperature.ead.warmup_tokens must be >= 0, got {self.warmup_tokens}")
+
+    def temperature_span(self) -> tuple[float, float]:
+        """The lowest and highest temperature this controller samples at (checked against the rollout clamp):
+        the floor, and the peak or the warm-up's 1.0."""
+        return min(self.tau_min, 1.0), max(self.tau_max, 1.0)
+
+
+@CONTROLLERS.register("ead", EADConfig)
 class EADController(TemperatureController):
     name = "ead"
     decodes_at_inference = True

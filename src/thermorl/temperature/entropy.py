@@ -7,10 +7,14 @@ steps approach tau0. Clamped to [tau_min, tau_max] so no step is ever greedy or 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from thermorl.config import EntropyConfig
+from thermorl.config.fields import doc, temperatures
+from thermorl.config.registry import CONTROLLERS
+from thermorl.errors import ConfigError
 from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController
 
 
@@ -27,6 +31,25 @@ def logits_entropy(logits: Tensor) -> Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+@dataclass
+class EntropyConfig:
+    base: float = doc("tau0 in EDT's rule tau = tau0 * N ** (theta / H).", 1.0)
+    theta: float = doc("theta in EDT's rule; larger means cooler at a given entropy H.", 0.8)
+    n: float = doc("Base N of EDT's rule (the paper uses 0.8).", 0.8)
+    tau_min: float = doc("Lower clamp of the temperature.", 0.3)
+    tau_max: float = doc("Upper clamp of the temperature.", 1.5)
+
+    def validate(self) -> None:
+        temperatures(self, "base", "tau_min", "tau_max", section="temperature.entropy")
+        if not 0 < self.n < 1:
+            raise ConfigError(f"temperature.entropy.n must be in (0, 1), got {self.n}")
+
+    def temperature_span(self) -> tuple[float, float]:
+        """The lowest and highest temperature this controller samples at (checked against the rollout clamp)."""
+        return self.tau_min, self.tau_max
+
+
+@CONTROLLERS.register("entropy", EntropyConfig)
 class EntropyController(TemperatureController):
     name = "entropy"
     decodes_at_inference = True  # EDT is a decoding rule

@@ -18,7 +18,8 @@ after a checkpoint round trip or a resumed run.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +38,9 @@ from thermorl.algorithms.hierarchical import (
     temperature_policy_loss,
     unit_to_temperature,
 )
-from thermorl.config import IntrospectiveConfig
+from thermorl.config.fields import doc, positive, temperatures, unit_interval
+from thermorl.config.registry import CONTROLLERS
+from thermorl.errors import ConfigError
 from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController
 
 # The head's stream is seeded from the run seed plus this offset, so its draws are not the
@@ -75,6 +78,73 @@ def initial_output_bias(config: IntrospectiveConfig) -> list[float]:
     return [gate_logit, _softplus_inverse(alpha), _softplus_inverse(beta)]
 
 
+@dataclass
+class IntrospectiveConfig:
+    head: Literal["beta", "bins"] = doc(
+        "'beta': gate + Beta head (the paper); 'bins': categorical over `bins` temperatures (ablation).", "beta"
+    )
+    tau_init: float = doc("tau_0, the temperature before the gate first fires.", 1.0)
+    tau_min: float = doc("Lower end of the Beta head's temperature range.", 0.1)
+    tau_max: float = doc("Upper end of the Beta head's temperature range.", 1.5)
+    eps: float = doc("Added to softplus outputs so alpha, beta > 0.", 1e-3)
+    bins: list[float] = doc("Temperatures of the categorical head.", [0.4, 0.7, 1.0, 1.3])
+    detach_hidden: bool = doc("Stop head gradients from flowing into the language model.", True)
+    schedule: Literal["alternate", "phases", "joint"] = doc(
+        "'alternate': coordinate ascent within every step: the LM is updated with the head frozen, then the head "
+        "with the LM frozen, on the same rollouts (as many LM updates as any other controller at equal steps); "
+        "'phases': lm_phase_steps LM-only steps, then head_phase_steps head-only steps (the LM rests in head phases); "
+        "'joint': both from one loss (with detach_hidden=false the head's gradient also reaches the LM).",
+        "alternate",
+    )
+    lm_phase_steps: int = doc("schedule=phases: steps updating the LM with the head frozen.", 10)
+    head_phase_steps: int = doc("schedule=phases: steps updating the head with the LM frozen.", 10)
+    lr: float = doc("Learning rate of the temperature head.", 1e-3)
+    entropy_coef: float = doc("Entropy bonus on the temperature policy (0 = off).", 0.0)
+    kl_coef: float = doc(
+        "Weight of KL(pi_phi || pi_phi0), the temperature policy's divergence from its initial policy (gate_init, "
+        "Beta mean at tau_init): a trust region that keeps the head from trading the exploration GRPO needs for "
+        "in-group reward (0 = off). The default 0.1 kept the mean temperature near 0.9 and the zero-variance "
+        "groups at fixed 1.0's level over 300 steps, where 0 cooled to the floor (docs/RESULTS.md).",
+        0.1,
+    )
+    epsilon: float = doc("Clip range of the temperature policy's own ratio (1 +- epsilon).", 0.2)
+    gate_init: float = doc("P(gate fires) of the freshly initialised head (its output layer starts at zero).", 0.5)
+    concentration_init: float = doc(
+        "alpha + beta of the initial Beta head; its mean is placed at tau_init (larger = narrower).", 10.0
+    )
+
+    def validate(self) -> None:
+        section = "temperature.introspective"
+        temperatures(self, "tau_init", "tau_min", "tau_max", section=section)
+        if self.tau_min >= self.tau_max:
+            raise ConfigError(f"{section}.tau_min must be < tau_max")
+        if not self.tau_min <= self.tau_init <= self.tau_max:
+            raise ConfigError(f"{section}.tau_init must be in [tau_min, tau_max], got {self.tau_init}")
+        if self.head == "bins" and (len(self.bins) < 2 or any(not self.tau_min <= t <= self.tau_max for t in self.bins)):
+            raise ConfigError(
+                f"{section}.bins needs >= 2 temperatures in [tau_min, tau_max] = [{self.tau_min}, {self.tau_max}], "
+                f"got {self.bins}"
+            )
+        positive(self, "eps", "lr", "concentration_init", section=section)
+        unit_interval(self, "epsilon", section=section)
+        if not 0 < self.gate_init < 1:
+            raise ConfigError(f"{section}.gate_init must be in (0, 1), got {self.gate_init}")
+        for name in ("entropy_coef", "kl_coef"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{section}.{name} must be >= 0, got {getattr(self, name)}")
+        if self.lm_phase_steps < 0 or self.head_phase_steps < 0:
+            raise ConfigError(f"{section} phase lengths must be >= 0")
+        if self.schedule == "phases" and self.lm_phase_steps + self.head_phase_steps == 0:
+            raise ConfigError(f"{section}: schedule=phases needs lm_phase_steps + head_phase_steps > 0")
+
+    def temperature_span(self) -> tuple[float, float]:
+        """The lowest and highest temperature this controller samples at (checked against the rollout clamp)."""
+        if self.head == "bins":
+            return min(self.bins), max(self.bins)
+        return self.tau_min, self.tau_max
+
+
+@CONTROLLERS.register("introspective", IntrospectiveConfig)
 class IntrospectiveController(TemperatureController):
     name = "introspective"
     decodes_at_inference = True
@@ -169,5 +239,5 @@ class IntrospectiveController(TemperatureController):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
-        if "generator" in state:  # absent in checkpoints written before the stream was saved
+        if "generator" in state:  # load_for_eval leaves random streams out: evaluation keeps the run seed's
             self.generator.set_state(state["generator"].cpu())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
-from thermorl.config import LinearConfig
+from thermorl.config.fields import doc, temperatures
+from thermorl.config.registry import CONTROLLERS
 from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController, full
 
 
@@ -20,6 +23,20 @@ def linear_temperature(step: int, total_steps: int, start: float, end: float) ->
     return start + (end - start) * fraction
 
 
+@dataclass
+class LinearConfig:
+    start: float = doc("Temperature of the first GRPO step (and of the initial evaluation).", 0.9)
+    end: float = doc("Temperature at the last training step.", 1.5)
+
+    def validate(self) -> None:
+        temperatures(self, "start", "end", section="temperature.linear")
+
+    def temperature_span(self) -> tuple[float, float]:
+        """The lowest and highest temperature this controller samples at (checked against the rollout clamp)."""
+        return min(self.start, self.end), max(self.start, self.end)
+
+
+@CONTROLLERS.register("linear", LinearConfig)
 class LinearController(TemperatureController):
     name = "linear"
 

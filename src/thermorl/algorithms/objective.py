@@ -1,0 +1,98 @@
+"""The token objective of one GRPO minibatch as one pure function, with its variants registered by name.
+
+Advantage estimators (``algorithm.advantage``) and loss aggregations (``algorithm.loss_aggregation``) are
+looked up in registries (the style of verl's ``core_algos.py``): a new variant is one registered function,
+not a branch in the trainer.
+
+    rho_t  = exp(log pi(y_t | tau_t) - log pi_old(y_t | tau_t))                      (tau_t: the sampled temperature)
+    l_t    = -min(rho_t A, clip(rho_t, 1 - eps_low, 1 + eps_high) A) * m_t * w_t       (m: top-entropy mask, w: TIS)
+    L      = agg_t(l_t + beta KL_t(pi || pi_ref)) * s                                 (s: data-parallel token share)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from thermorl.algorithms.grpo import aggregate, approx_kl, clipped_policy_loss, group_advantages_by_id, kl_penalty
+from thermorl.config.registry import ADVANTAGES, AGGREGATIONS
+
+
+@ADVANTAGES.register("grpo")
+def grpo_advantages(rewards: Tensor, group_ids: Tensor) -> Tensor:
+    """A_i = (r_i - mean(r_group)) / (std(r_group) + eps) (DeepSeekMath)."""
+    return group_advantages_by_id(rewards, group_ids, scale=True)
+
+
+@ADVANTAGES.register("drgrpo")
+def drgrpo_advantages(rewards: Tensor, group_ids: Tensor) -> Tensor:
+    """A_i = r_i - mean(r_group) (Dr. GRPO, arXiv 2503.20783: no std division)."""
+    return group_advantages_by_id(rewards, group_ids, scale=False)
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """A reduction of per-token values to the loss, and whether a data-parallel process scales it by its
+    share of the global batch's tokens (token means do; sequence means weigh every sequence alike)."""
+
+    reduce: Callable[[Tensor, Tensor], Tensor]
+    scaled_by_token_share: bool
+
+
+AGGREGATIONS.register("token_mean")(Aggregation(lambda values, mask: aggregate(values, mask, "token_mean"), True))
+AGGREGATIONS.register("seq_mean")(Aggregation(lambda values, mask: aggregate(values, mask, "seq_mean"), False))
+
+
+def advantages(name: str, rewards: Tensor, group_ids: Tensor) -> Tensor:
+    """The registered advantage estimator ``name`` (``algorithm.advantage``) on one batch's rewards."""
+    return ADVANTAGES[name].build(rewards, group_ids)
+
+
+def token_objective(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    epsilon: float,
+    epsilon_high: float,
+    aggregation: str = "token_mean",
+    pg_mask: Tensor | None = None,
+    importance: tuple[Tensor, Tensor] | None = None,
+    ref_logprobs: Tensor | None = None,
+    beta: float = 0.0,
+    kl_estimator: str = "k3",
+    token_share: float = 1.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The clipped-ratio GRPO loss of a minibatch (module docstring) and its diagnostics.
+
+    ``logprobs`` / ``old_logprobs`` / ``ref_logprobs`` (N, T) are at the sampled per-token temperatures;
+    ``advantages`` (N,); ``mask`` (N, T) 1 on generated tokens; ``pg_mask`` the top-entropy token mask;
+    ``importance`` the truncated importance weights and their clip indicator when training another policy
+    than the sampling one. Diagnostics: pg_loss, clip_fraction, approx_kl (and kl_ref, is_weight_mean,
+    is_clipped_fraction when those terms are on), as 0-d tensors.
+    """
+    agg = AGGREGATIONS[aggregation].build
+    diagnostics: dict[str, Tensor] = {}
+    pg, clipped = clipped_policy_loss(logprobs, old_logprobs, advantages, epsilon, epsilon_high)
+    if pg_mask is not None:
+        pg = pg * pg_mask  # every token unless algorithm.top_entropy_fraction < 1
+    if importance is not None:
+        weights, weight_clipped = importance
+        pg = pg * weights
+        diagnostics["is_weight_mean"] = aggregate(weights, mask)
+        diagnostics["is_clipped_fraction"] = aggregate(weight_clipped, mask)
+    token_loss = pg
+    if ref_logprobs is not None:
+        kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)
+        token_loss = token_loss + beta * kl
+        diagnostics["kl_ref"] = aggregate(kl, mask)
+    loss = agg.reduce(token_loss, mask)
+    if agg.scaled_by_token_share:
+        loss = loss * token_share
+    diagnostics["pg_loss"] = agg.reduce(pg, mask)
+    diagnostics["clip_fraction"] = aggregate(clipped, mask)
+    diagnostics["approx_kl"] = approx_kl(logprobs.detach(), old_logprobs, mask)
+    return loss, diagnostics
