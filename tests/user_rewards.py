@@ -49,3 +49,44 @@ def held_at_checkpoint(prompts, completions, **columns):
         while not Path(markers, "release").exists() and time.monotonic() < give_up:
             time.sleep(0.01)
     return digit_fraction(prompts, completions)
+
+
+def stuck_in_c(prompts, completions, **columns):
+    """Hours inside one C call (OpenSSL's PBKDF2 loop): no signal handler runs until it returns."""
+    import hashlib
+
+    hashlib.pbkdf2_hmac("sha256", b"password", b"salt", 2**31 - 1)  # ~20 min here
+    return [0.0] * len(completions)
+
+
+def length_and_columns(prompts, completions, completion_ids, trainer_state, answer, **columns):
+    """Echo what the TRL call convention hands over: completion lengths plus the step, so a test can check both."""
+    return [len(ids) + trainer_state.global_step for ids in completion_ids]
+
+
+def add(a, b=0):
+    return a + b
+
+
+def stuck_from_step_2(prompts, completions, trainer_state, **columns):
+    """digit_fraction, but from training step 2 on, with THERMORL_TEST_STUCK naming a marker file, it writes the
+    marker and goes into C for good (a stand-in for a SymPy or regex call that never returns)."""
+    import os
+    from pathlib import Path
+
+    marker = os.environ.get("THERMORL_TEST_STUCK")
+    if marker and trainer_state.global_step >= 2:
+        Path(marker).write_text("stuck")
+        stuck_in_c(prompts, completions)
+    return digit_fraction(prompts, completions)
+
+
+def raises_after_training(prompts, completions, **columns):
+    """digit_fraction until RUN/summary.json exists (THERMORL_TEST_RUN_DIR), then an exception: only the
+    end-of-run report ever sees it raise."""
+    import os
+    from pathlib import Path
+
+    if (Path(os.environ["THERMORL_TEST_RUN_DIR"]) / "summary.json").exists():
+        raise RuntimeError("raised after training")
+    return digit_fraction(prompts, completions)
