@@ -32,6 +32,23 @@ def test_group_advantages_drgrpo_only_centres():
     assert adv.tolist() == pytest.approx([1.0, -1.0, 0.0, 0.0])
 
 
+def test_samples_without_a_reward_are_left_out_of_their_groups_advantage_by_hand():
+    nan = float("nan")
+    rewards = torch.tensor([1.0, nan, 0.0, 0.0, nan, 1.0, nan, nan, 2.0, 2.0, nan, 1.0])
+    adv = group_advantages(rewards, group_size=4, scale=True, eps=0.0)
+    # group 1: rewards (1, 0, 0): mean 1/3, unbiased std sqrt((4/9 + 1/9 + 1/9) / 2) = sqrt(1/3)
+    third = 1 / math.sqrt(3)
+    assert adv[:4].tolist() == pytest.approx([(2 / 3) / third, 0.0, -(1 / 3) / third, -(1 / 3) / third])
+    # group 2: one reward left (1.0): no spread, every advantage 0; group 3: (2, 2, 1): mean 5/3, std sqrt(1/3)
+    assert adv[4:8].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert adv[8:].tolist() == pytest.approx([(1 / 3) / third, (1 / 3) / third, 0.0, -(2 / 3) / third])
+    # the same group without its missing samples gives the same advantages to the others
+    assert adv[[0, 2, 3]].tolist() == pytest.approx(group_advantages(torch.tensor([1.0, 0.0, 0.0]), 3, eps=0.0).tolist())
+    centred = group_advantages(rewards, group_size=4, scale=False)
+    assert centred[:4].tolist() == pytest.approx([2 / 3, 0.0, -1 / 3, -1 / 3])
+    assert not torch.isnan(adv).any() and not torch.isnan(centred).any()
+
+
 def test_clipped_loss_by_hand():
     old = torch.zeros(1, 4)
     new = torch.log(torch.tensor([[1.5, 0.5, 1.1, 0.7]]))

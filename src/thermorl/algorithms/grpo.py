@@ -17,11 +17,31 @@ def group_advantages(rewards: Tensor, group_size: int, scale: bool = True, eps: 
 
     ``rewards`` (N,) holds consecutive groups of ``group_size``; std is the unbiased sample
     standard deviation (as in TRL). Groups whose rewards are all equal get advantage 0.
+    A NaN reward (no reward function rewarded the sample, see ``thermorl.rewards.guard``) is left out: mean and
+    std are over the group's other samples, and its own advantage is 0 (TRL's NaN-aware baseline).
     """
+    if torch.isnan(rewards).any():
+        return _advantages_without_missing(rewards, group_size, scale, eps)
     grouped = rewards.view(-1, group_size)
     centered = grouped - grouped.mean(dim=1, keepdim=True)
     if scale:
         std = grouped.std(dim=1, keepdim=True)
+        centered = torch.where(std > 0, centered / (std + eps), torch.zeros_like(centered))
+    return centered.reshape(-1)
+
+
+def _advantages_without_missing(rewards: Tensor, group_size: int, scale: bool, eps: float) -> Tensor:
+    """``group_advantages`` over the non-NaN rewards of each group: with n_g of them,
+    mean_g = sum r / n_g, std_g = sqrt(sum (r - mean_g)^2 / (n_g - 1)) (0 when n_g < 2), A = 0 where r is NaN."""
+    grouped = rewards.view(-1, group_size)
+    present = ~torch.isnan(grouped)
+    count = present.sum(dim=1, keepdim=True)
+    values = torch.where(present, grouped, torch.zeros_like(grouped))
+    mean = values.sum(dim=1, keepdim=True) / count.clamp_min(1)
+    centered = torch.where(present, grouped - mean, torch.zeros_like(grouped))
+    if scale:
+        std = ((centered**2).sum(dim=1, keepdim=True) / (count - 1).clamp_min(1)).sqrt()
+        std = torch.where(count > 1, std, torch.zeros_like(std))
         centered = torch.where(std > 0, centered / (std + eps), torch.zeros_like(centered))
     return centered.reshape(-1)
 
