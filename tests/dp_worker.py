@@ -17,6 +17,7 @@ import json
 import os
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -72,7 +73,7 @@ def tampo_distribution(dist) -> list[float]:
     return controller.pi.tolist()
 
 
-class NanInProcessOne(CONTROLLERS["introspective"]):
+class NanInProcessOne(CONTROLLERS["introspective"].build):
     """The introspective controller, except that process 1 samples NaN temperatures at step 2."""
 
     def choose(self, ctx):
@@ -116,7 +117,7 @@ def run(out: Path, strategy: str = "ddp") -> dict:
         train(longer, out / "ddp-resumed", resume=True)
     if tag == "fsdp":
         train(load_config(None, RESUME_OVERRIDES), out / "fsdp-reference")
-        CONTROLLERS["introspective"] = NanInProcessOne
+        CONTROLLERS["introspective"] = replace(CONTROLLERS["introspective"], build=NanInProcessOne)
         # also with activation checkpointing (recomputed layers under FSDP)
         nan_config = load_config(
             None, [*OVERRIDES, "distributed.strategy=fsdp", "train.steps=3", "model.gradient_checkpointing=true"]
