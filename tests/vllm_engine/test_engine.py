@@ -146,5 +146,5 @@ def test_generate_and_eval_sample_through_vllm():
     evaluated = cli("eval", "--checkpoint", str(BUILTIN_DIR), "--problems", "16", "--k", "2",
                     "--set", "rollout.engine=vllm", "--set", "rollout.vllm.max_model_len=256")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    result = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])
+    result = json.loads(evaluated.stdout[evaluated.stdout.rindex("{\n"):])  # vLLM also logs to stdout
     assert result["problems"] == 16 and 0 <= result["greedy_accuracy"] <= 1 and 0 <= result["eval_avg_at_k"] <= 1
