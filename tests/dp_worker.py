@@ -50,6 +50,7 @@ RESUME_OVERRIDES = [
     *OVERRIDES, "distributed.strategy=fsdp", f"train.steps={RESUME_STEPS}", "train.checkpoint_every=2",
     "train.keep_checkpoints=3", "task.reward_timeout_s=600",
     f"task.reward={HERE / 'user_rewards.py'}:held_at_checkpoint",
+    "task.reward_workers=0",  # held in the training process itself: the test signals the pid the reward writes
 ]
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from thermorl.config import load_config
 from thermorl.errors import DataError
+from thermorl.rewards import build_reward_guard
 from thermorl.tasks import build_task
 from thermorl.tasks.math import MathTask, math_problem
 from thermorl.tasks.math_data import BENCHMARKS, load_math_rows
@@ -100,5 +101,8 @@ def test_custom_reward_receives_the_dataset_columns(tmp_path):
     config = load_config(None, ["task.name=math", "task.eval_dataset=math500", f"task.reward={module}:uses_solution"])
     task = build_task(config.task)
     problem = task.eval_problems()[0]
-    assert task.reward(problem, "x") == 1.0
-    assert task.reward(problem, "y") == 0.0
+    guard = build_reward_guard(config.task, task, chat_template=False)
+    try:
+        assert guard.score([problem, problem], ["x", "y"]).total == [1.0, 0.0]
+    finally:
+        guard.close()

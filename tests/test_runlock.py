@@ -22,6 +22,7 @@ TINY = [
     "--set", "rollout.prompts_per_step=2", "--set", "rollout.group_size=2", "--set", "rollout.max_new_tokens=6",
     "--set", "log.progress=false", "--set", "log.plot=false", "--set", "log.tensorboard=false",
     "--set", "task.reward_timeout_s=600", "--set", f"task.reward={USER_REWARDS}:held_at_checkpoint",
+    "--set", "task.reward_workers=0",  # held in the training process itself, whose pid the reward writes
 ]
 
 

@@ -94,15 +94,19 @@ def test_source_has_no_code_execution_from_files_or_data(path):
 
 
 def test_custom_reward_is_imported_only_from_the_configured_spec():
-    """load_reward_function is only ever called with the user's task.reward string."""
-    calls = []
-    for path in SRC.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call) and _dotted(node.func).endswith("load_reward_function"):
-                calls.append((path.relative_to(SRC).as_posix(), ast.unparse(node.args[0])))
-    assert ("tasks/__init__.py", "config.reward") in calls
-    for where, argument in calls:
-        assert argument in ("config.reward", "cfg.task.reward", "config.task.reward"), (where, argument)
+    """load_reward_function is only ever called with a spec of the user's task.reward / task.rewards."""
+    def calls_of(name: str) -> list[tuple[str, str]]:
+        found = []
+        for path in SRC.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Call) and _dotted(node.func).endswith(name):
+                    found.append((path.relative_to(SRC).as_posix(), ast.unparse(node.args[0])))
+        return found
+
+    assert calls_of("load_reward_function") == [("rewards/functions.py", "spec")]  # NamedRewardFunction's own spec
+    assert calls_of("NamedRewardFunction") == [("rewards/functions.py", "spec")]
+    source = REWARD_LOADER.read_text(encoding="utf-8")
+    assert "specs = config.rewards or [config.reward]" in source and "for spec, weight in zip(specs, weights)" in source
 
 
 def test_reward_spec_must_name_a_module_and_a_function():

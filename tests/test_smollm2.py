@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,8 @@ def gguf_policy(threads, timings):
 def test_a_evaluates_16_gsm8k_problems_with_the_chat_template(gguf_policy, timings, tmp_path):
     from thermorl.config import load_config
     from thermorl.engines.hf import encode_prompts
-    from thermorl.rewards import TaskReward, math_verify_reward
+    from thermorl.rewards import math_verify_reward
+    from thermorl.rewards.guard import RewardFunction, RewardGuard
     from thermorl.study.benchmarks_eval import BenchmarkSettings, evaluate_benchmarks
     from thermorl.temperature import ControllerEnv, build_controller
 
@@ -68,12 +70,13 @@ def test_a_evaluates_16_gsm8k_problems_with_the_chat_template(gguf_policy, timin
     config = load_config(None, ["temperature.fixed.temperature=0.6"])
     controller = build_controller(config.temperature, ControllerEnv(gguf_policy.hidden_size, 1, gguf_policy.device))
     # the 135M model rarely writes \boxed{}; let math-verify find its final answer anywhere
-    reward = TaskReward(math_verify_reward, "math_verify_reward", extractor="full")
+    reward = RewardGuard([RewardFunction(partial(math_verify_reward, extractor="full"), "math_verify_reward")], 10, False)
     settings = BenchmarkSettings("SmolLM2-135M-Instruct", "fixed", 1, 1, 256, 0, 16)
     started = time.time()
     results = evaluate_benchmarks(
         gguf_policy, controller, reward, ["gsm8k_test"], config.task, settings, tmp_path, config.rollout, batch_rows=16
     )
+    reward.close()
     timings["eval_16_gsm8k_256_tokens"] = time.time() - started
     entry = results["benchmarks"]["gsm8k_test"]
     assert entry["problems"] == 16 and 0.0 <= entry["avg_at_k"] <= 1.0

@@ -188,6 +188,8 @@ def evaluate(
 
     from thermorl.config import load_config
     from thermorl.engines import build_engine
+    from thermorl.engines.hf import uses_chat_template
+    from thermorl.rewards import build_reward_guard
     from thermorl.runtime.components import load_for_eval
     from thermorl.study.evaluate import greedy_accuracy, sampled_metrics
 
@@ -204,8 +206,14 @@ def evaluate(
         engine = build_engine(cfg.rollout, policy, controller)
         selected = task.eval_problems()[:problems]
         generator = torch.Generator(device=policy.device).manual_seed(seed)
-        result = {"greedy_accuracy": greedy_accuracy(engine, task, selected)}
-        result.update(sampled_metrics(engine, task, selected, controller, k, generator))
+        reward = build_reward_guard(cfg.task, task, uses_chat_template(policy.tokenizer))
+        try:
+            reward.check_columns(selected, "the held-out problems")
+            result = {"greedy_accuracy": greedy_accuracy(engine, task, selected, reward)}
+            result.update(sampled_metrics(engine, task, selected, controller, k, generator, reward=reward))
+            result.update(reward.metrics())
+        finally:
+            reward.close()
     except ThermoRLError as err:
         fail(str(err))
     result["problems"] = len(selected)

@@ -93,12 +93,33 @@ class TaskConfig:
     )
     verify_timeout_s: float = doc("math: seconds one math-verify check may take; past it the completion scores 0.", 5.0)
     reward: str = doc(
-        "'default' (the task's own verifier) or a TRL-style reward function fn(prompts, completions, answer, **columns) "
-        "-> list[float], named 'package.module:function' or 'path/to/file.py:function'.",
+        "'default' (the task's own verifier) or a reward function with TRL's convention, fn(prompts, completions, "
+        "completion_ids, trainer_state, **columns) -> list[float | None] (None: no reward for that sample), named "
+        "'package.module:function' (e.g. trl.rewards:accuracy_reward) or 'path/to/file.py:function'.",
         "default",
     )
+    rewards: list[str] = doc(
+        "Several reward functions (each like task.reward, 'default' included), summed with task.reward_weights "
+        "like TRL's reward_funcs; each one's mean is logged as rewards/NAME/mean. Empty: task.reward alone.", []
+    )
+    reward_weights: list[float] = doc(
+        "Weight of each of task.rewards in the trained reward sum_k w_k r_k (empty: all 1).", []
+    )
+    reward_completions: Literal["auto", "text", "conversational"] = doc(
+        "How reward functions receive prompts and completions: 'text' (strings), 'conversational' (TRL's "
+        "messages: a completion is [{'role': 'assistant', 'content': ...}]), 'auto' (conversational when the "
+        "tokenizer's chat template formats the prompts).", "auto"
+    )
     reward_timeout_s: float = doc(
-        "Seconds one reward-function call may take; a call past it scores 0 and is counted (reward_timeouts).", 10.0
+        "Seconds one reward-function call (one batch) may take; past it its worker process is killed and "
+        "replaced, and the batch scores 0 (counted in reward_timeouts).", 10.0
+    )
+    reward_workers: int = doc(
+        "Worker processes that run reward calls (several functions run side by side); 0 = in this process, "
+        "where a timeout cannot stop a call stuck in C code.", 2
+    )
+    reward_start_method: Literal["forkserver", "spawn"] = doc(
+        "How reward workers start (both are safe with torch threads and CUDA; 'fork' is not).", "forkserver"
     )
     reward_fail_fast: bool = doc(
         "Stop the run (exit 2) on the first reward-function exception, timeout or NaN instead of scoring it 0.", False
@@ -118,6 +139,15 @@ class TaskConfig:
         if not self.operations or set(self.operations) - set("+-*") or len(set(self.operations)) < len(self.operations):
             raise ConfigError(f"task.operations must be distinct characters of '+-*', got {self.operations!r}")
         positive(self, "verify_timeout_s", section="task")
+        if self.rewards and self.reward != "default":
+            raise ConfigError("set task.reward or task.rewards, not both")
+        if self.reward_weights and len(self.reward_weights) != len(self.rewards or [self.reward]):
+            raise ConfigError(
+                f"task.reward_weights has {len(self.reward_weights)} weights for "
+                f"{len(self.rewards or [self.reward])} reward function(s)"
+            )
+        if self.reward_workers < 0:
+            raise ConfigError(f"task.reward_workers must be >= 0, got {self.reward_workers}")
         if "{problem}" not in self.prompt_template:
             raise ConfigError("task.prompt_template must contain {problem}")
 

@@ -83,3 +83,9 @@ class RolloutEngine(Protocol):
 def positions_from_mask(mask: Tensor) -> Tensor:
     """Position ids that skip left padding: 0 at each row's first real token."""
     return (mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def completion_id_lists(batch: RolloutBatch) -> list[list[int]]:
+    """Each completion's token ids (EOS included, padding left out), as TRL's reward functions receive them."""
+    lengths = batch.completion_mask.sum(-1).long().tolist()
+    return [ids[:n] for ids, n in zip(batch.completion_ids.tolist(), lengths)]

@@ -26,10 +26,15 @@ from thermorl.models.policy import Policy
 from thermorl.temperature.base import StepContext, TemperatureActions, TemperatureController
 
 
+def uses_chat_template(tokenizer: object) -> bool:
+    """Whether ``encode_prompts`` formats prompts with the tokenizer's chat template."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
 def encode_prompts(policy: Policy, prompts: list[str]) -> tuple[Tensor, Tensor]:
     """Left-padded prompt ids and mask; a chat template is applied when the tokenizer has one."""
     tokenizer = policy.tokenizer
-    if getattr(tokenizer, "chat_template", None):
+    if uses_chat_template(tokenizer):
         texts = [
             tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
             for p in prompts

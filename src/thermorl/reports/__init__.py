@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from thermorl.config import Config
@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 
 def write_run_reports(
-    policy: Policy, engine: RolloutEngine, task: Task, controller: TemperatureController, run_dir: Path, config: Config
+    policy: Policy, engine: RolloutEngine, task: Task, controller: TemperatureController, run_dir: Path, config: Config,
+    reward: Any = None,
 ) -> None:
     """RUN/curves.png, RUN/temperature.png (+ tampo.png) and the temperature report (traces, plots, HTML)."""
     from thermorl.reports.interpret import write_temperature_report
@@ -26,4 +27,6 @@ def write_run_reports(
     title = f"{config.temperature.controller}, seed {config.train.seed}"
     plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title)
     plot_run_temperatures(run_dir, config.temperature)
-    write_temperature_report(policy, engine, task, controller, run_dir, config.train.seed, config.train.steps, title)
+    write_temperature_report(
+        policy, engine, task, controller, run_dir, config.train.seed, config.train.steps, title, reward
+    )

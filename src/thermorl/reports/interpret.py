@@ -31,8 +31,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from thermorl.engines.base import RolloutEngine  # noqa: E402
+from thermorl.engines.base import RolloutEngine, completion_id_lists  # noqa: E402
 from thermorl.models.policy import Policy  # noqa: E402
+from thermorl.rewards.guard import RewardGuard  # noqa: E402
 from thermorl.tasks.base import CLASSES, Task, token_classes  # noqa: E402
 from thermorl.temperature.base import StepContext, TemperatureActions, TemperatureController  # noqa: E402
 from thermorl.temperature.entropy import logits_entropy  # noqa: E402
@@ -66,6 +67,7 @@ class _EntropyProbe(TemperatureController):
 def temperature_traces(
     policy: Policy, engine: RolloutEngine, task: Task, controller: TemperatureController,
     generator: torch.Generator, problems: int = 32, samples: int = 2, training_step: int = 0,
+    reward: RewardGuard | None = None,
 ) -> list[dict[str, Any]]:
     """Sample ``samples`` completions for each of the first ``problems`` held-out prompts, per token."""
     chosen = [p for p in task.eval_problems()[:problems] for _ in range(samples)]
@@ -75,15 +77,18 @@ def temperature_traces(
                             training_step=training_step)
     model_entropy = probe.entropies(len(chosen))
     eos_id = policy.tokenizer.eos_token_id
+    texts = engine.decode(batch)
+    reward = reward or RewardGuard([task.default_reward()], timeout_s=10.0, fail_fast=False, workers=0)
+    rewards = reward.score(chosen, texts, completion_id_lists(batch), training_step).values()
     traces = []
-    for i, (problem, text) in enumerate(zip(chosen, engine.decode(batch))):
+    for i, (problem, text) in enumerate(zip(chosen, texts)):
         length = int(batch.completion_mask[i].sum().item())
         ids = batch.completion_ids[i, :length].tolist()
         pieces = [policy.tokenizer.decode([token]) for token in ids]
         row = {
             "prompt": problem.prompt,
             "completion": text,
-            "reward": task.reward(problem, text),
+            "reward": rewards[i],
             "tokens": pieces,
             "temperatures": [round(t, 4) for t in batch.temperatures[i, :length].tolist()],
             "entropy": [round(h, 4) for h in model_entropy[i, :length].tolist()],
@@ -201,13 +206,15 @@ span{{padding:1px 0}}</style></head><body><h2>{html.escape(title)}</h2>
 
 def write_temperature_report(
     policy: Policy, engine: RolloutEngine, task: Task, controller: TemperatureController, run_dir: Path,
-    seed: int, training_step: int, title: str = "",
+    seed: int, training_step: int, title: str = "", reward: RewardGuard | None = None,
 ) -> dict[str, dict[str, float]]:
     """Write traces, plots, per-class summary and HTML into ``run_dir``; returns the per-class means.
 
     Sampled through ``engine``, so the run's clamp range and ``max_new_tokens`` apply."""
     generator = torch.Generator(device=policy.device).manual_seed(seed + 2)
-    traces = temperature_traces(policy, engine, task, controller, generator, training_step=training_step)
+    traces = temperature_traces(
+        policy, engine, task, controller, generator, training_step=training_step, reward=reward
+    )
     with open(run_dir / "temperature_traces.jsonl", "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(row) + "\n" for row in traces)
     plot_temperatures(traces, training_percentiles(run_dir / "samples.jsonl"), run_dir / "temperature_plots.png")

@@ -1,11 +1,16 @@
-"""Reward functions (math-verify, user TRL-style functions) and the guard that bounds their calls."""
+"""Reward functions (math-verify, user TRL-style functions), their loader, and the guard every call goes through."""
 
 from thermorl.rewards.functions import (
-    TaskReward,
-    check_rewards,
+    NamedRewardFunction,
+    build_reward_guard,
     extract_boxed,
     load_reward_function,
     math_verify_reward,
+    reward_functions,
 )
+from thermorl.rewards.guard import RewardFunction, RewardGuard, RewardScores, TrainerState
 
-__all__ = ["TaskReward", "check_rewards", "extract_boxed", "load_reward_function", "math_verify_reward"]
+__all__ = [
+    "NamedRewardFunction", "RewardFunction", "RewardGuard", "RewardScores", "TrainerState", "build_reward_guard",
+    "extract_boxed", "load_reward_function", "math_verify_reward", "reward_functions",
+]

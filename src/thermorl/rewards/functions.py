@@ -6,8 +6,9 @@ by default) and checks it against the reference ``answer`` with the ``math-verif
 bounded by ``timeout_s`` (SymPy can take minutes on adversarial input); a timeout scores 0.
 
 ``load_reward_function("pkg.module:function")`` imports a user reward function from the
-explicitly named module (or ``path/to/file.py:function``) and nothing else; ``TaskReward``
-adapts such a function to the per-completion ``Task.reward`` interface and checks its output.
+explicitly named module (or ``path/to/file.py:function``) and nothing else. ``reward_functions``
+turns ``task.reward`` / ``task.rewards`` / ``task.reward_weights`` into the weighted functions
+and ``build_reward_guard`` puts them behind the one ``RewardGuard`` every call site uses.
 """
 
 from __future__ import annotations
@@ -16,16 +17,13 @@ import functools
 import importlib
 import importlib.util
 import logging
-import numbers
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from thermorl.errors import RewardError
-from thermorl.rewards.guard import RewardTimeout, call_with_timeout
-
-RewardFunction = Callable[..., list[float]]
+from thermorl.rewards.guard import RewardFunction, RewardGuard, RewardTimeout, call_with_timeout
 
 
 class _DropDisabledTimeoutWarning(logging.Filter):
@@ -141,7 +139,7 @@ def _completion_text(completion: Any) -> str:
 # --------------------------------------------------------------------------- user reward functions
 
 
-def load_reward_function(spec: str) -> RewardFunction:
+def load_reward_function(spec: str) -> Callable[..., Any]:
     """The function named by ``module.path:function`` or ``path/to/file.py:function``.
 
     Imports exactly the module the user named (never anything derived from data or model output).
@@ -170,44 +168,48 @@ def load_reward_function(spec: str) -> RewardFunction:
     return function
 
 
-class TaskReward:
-    """A TRL-style reward function seen as ``Task.reward(problem, completion) -> float``.
+class NamedRewardFunction:
+    """A user reward function known by its ``module:function`` spec; a worker process loads it from the spec
+    (a function loaded from a file lives in a module no other process could import by name)."""
 
-    The function is called with ``prompts``, ``completions`` and every column of the problem
-    (``answer``, plus dataset fields such as ``solution``) as one-element lists; it must return
-    one real number (a NaN is passed on for the reward guard to count).
-    """
+    def __init__(self, spec: str) -> None:
+        module_name, _, function_name = spec.rpartition(":")
+        if module_name.endswith(".py"):  # a worker may run elsewhere than the current directory
+            spec = f"{Path(module_name).expanduser().resolve()}:{function_name}"
+        self.spec = spec
+        self.__wrapped__ = load_reward_function(spec)  # inspect.signature sees the user's parameters
 
-    def __init__(self, function: RewardFunction, name: str, **options: Any) -> None:
-        self.function = function
-        self.name = name
-        self.options = options
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__wrapped__(*args, **kwargs)
 
-    def __call__(self, problem: Any, completion: str) -> float:
-        return self.batch([problem], [completion])[0]
-
-    def batch(self, problems: Sequence[Any], completions: Sequence[str]) -> list[float]:
-        columns: dict[str, list[Any]] = {"answer": [p.answer for p in problems]}
-        for key in problems[0].data if problems else ():
-            if key not in ("prompts", "completions", "answer"):
-                columns[key] = [p.data.get(key) for p in problems]
-        values = self.function(
-            prompts=[p.prompt for p in problems], completions=list(completions), **columns, **self.options
-        )
-        return check_rewards(values, len(completions), self.name)
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return NamedRewardFunction, (self.spec,)
 
 
-def check_rewards(values: Any, expected: int, name: str) -> list[float]:
-    """``values`` as a list of ``expected`` floats; RewardError if it is not one (NaN passes, for the guard)."""
-    if hasattr(values, "tolist"):
-        values = values.tolist()
-    if not isinstance(values, (list, tuple)):
-        raise RewardError(
-            f"reward function {name} returned {type(values).__name__}, expected a list of {expected} numbers"
-        )
-    if len(values) != expected:
-        raise RewardError(f"reward function {name} returned {len(values)} rewards for {expected} completions")
-    for index, value in enumerate(values):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise RewardError(f"reward function {name} returned {type(value).__name__} for completion {index}")
-    return [float(v) for v in values]
+def reward_functions(config: Any, task: Any) -> list[RewardFunction]:
+    """``task.rewards`` (or the one ``task.reward``) with ``task.reward_weights``; 'default' is the task's own."""
+    specs = config.rewards or [config.reward]
+    weights = config.reward_weights or [1.0] * len(specs)
+    functions = []
+    for spec, weight in zip(specs, weights):
+        if spec == "default":
+            function = task.default_reward()
+            function.weight = weight
+        else:
+            function = RewardFunction(NamedRewardFunction(spec), spec.rpartition(":")[2], weight)
+        functions.append(function)
+    return functions
+
+
+def build_reward_guard(
+    config: Any, task: Any, chat_template: bool, system_prompt: str | None = None, max_steps: int = 0
+) -> RewardGuard:
+    """The guard of a run's reward functions (``config`` is the TaskConfig). Completions are conversational
+    when ``task.reward_completions`` says so, or on 'auto' when the prompts go through a chat template."""
+    conversational = config.reward_completions == "conversational" or (
+        config.reward_completions == "auto" and chat_template
+    )
+    return RewardGuard(
+        reward_functions(config, task), config.reward_timeout_s, config.reward_fail_fast, config.reward_workers,
+        config.reward_start_method, conversational, system_prompt, max_steps,
+    )

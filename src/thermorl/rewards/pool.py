@@ -13,8 +13,10 @@ process holding torch's thread pools and CUDA state. A worker loads each functio
 sent with its first call) and keeps it; the pipe between the trainer and its own workers carries
 the call arguments and results pickled by ``multiprocessing`` (no file or data is ever unpickled).
 
-``wait`` polls ``should_stop`` every ``POLL_S`` seconds while calls run, so SIGINT/SIGTERM during a
-stuck call stops the run within a fraction of a second (``RewardInterrupted``), the busy workers killed.
+``run`` polls ``should_stop`` every ``POLL_S`` seconds while calls run: after a stop request (SIGINT,
+SIGTERM) calls still running ``STOP_GRACE_S`` later are given up (``RewardInterrupted``), their workers
+killed, so a stuck call cannot hold a stop for longer, while a call that is merely slow still finishes
+its step.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from thermorl.errors import ThermoRLError
 log = logging.getLogger(__name__)
 
 POLL_S = 0.1  # how often a waiting caller checks its stop request
+STOP_GRACE_S = 5.0  # after a stop request, how long running calls may still finish
 LOAD_TIMEOUT_S = 300.0  # a worker's first call of a function unpickles it (imports its module: torch, trl, ...)
 START_METHODS = ("forkserver", "spawn")
 
@@ -165,11 +168,12 @@ class RewardPool:
         """The outcome of every call, in order; each call gets ``timeout_s`` seconds from when its worker
         starts it (loading a function, e.g. importing its module, has ``LOAD_TIMEOUT_S`` of its own).
 
-        Raises ``RewardInterrupted`` when ``should_stop()`` turns true while calls are running.
+        Raises ``RewardInterrupted`` when calls are still running ``STOP_GRACE_S`` after ``should_stop()`` turned true.
         """
         outcomes: list[Outcome | None] = [None] * len(calls)
         pending = list(range(len(calls)))
         running: dict[int, _Running] = {}  # id(worker) -> what it runs
+        give_up_at = None  # set by a stop request
         try:
             while pending or running:
                 for worker in self._idle(running):
@@ -185,7 +189,9 @@ class RewardPool:
                     if outcome is not None:
                         outcomes[job.index] = outcome
                         del running[id(job.worker)]
-                if should_stop is not None and should_stop() and (running or pending):
+                if give_up_at is None and should_stop is not None and should_stop():
+                    give_up_at = time.monotonic() + STOP_GRACE_S
+                if give_up_at is not None and time.monotonic() >= give_up_at and (running or pending):
                     raise RewardInterrupted("stopped while reward functions were running (their workers were killed)")
         finally:
             for job in running.values():  # interrupted (stop request, KeyboardInterrupt): never leave them running

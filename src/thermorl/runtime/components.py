@@ -4,6 +4,8 @@ saved run."""
 
 from __future__ import annotations
 
+import random
+
 import copy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,6 +17,8 @@ from thermorl.engines import RolloutEngine, build_engine
 from thermorl.engines.vllm import check_supported as check_vllm
 from thermorl.errors import ConfigError, ModelLoadError
 from thermorl.models.policy import Policy, load_policy
+from thermorl.engines.hf import uses_chat_template
+from thermorl.rewards import build_reward_guard
 from thermorl.rewards.guard import RewardGuard
 from thermorl.runtime import checkpoint as ckpt
 from thermorl.runtime import fsdp
@@ -80,8 +84,9 @@ def build_components(config: Config, policy: Policy | None = None) -> Components
     if controller.module is not None:
         head_lr = getattr(getattr(config.temperature, config.temperature.controller), "lr", config.algorithm.lr)
         head_optimizer = torch.optim.AdamW(controller.module.parameters(), lr=head_lr)
-    reward_name = getattr(task.reward, "name", f"of task {config.task.name}")  # a user function's module:function
-    reward = RewardGuard(task.reward, reward_name, config.task.reward_timeout_s, config.task.reward_fail_fast)
+    reward = build_reward_guard(config.task, task, uses_chat_template(policy.tokenizer), max_steps=config.train.steps)
+    reward.check_columns([task.generate(random.Random(config.train.seed))], "the training problems")
+    reward.check_columns(task.eval_problems()[:1], "the held-out problems")
     engine = build_engine(config.rollout, policy, controller)
     policy.model.train()  # sampling switches to eval mode and back; every update runs in train mode
     c = Components(policy, reference, task, controller, lm_optimizer, head_optimizer, engine, reward, dist)

@@ -95,3 +95,12 @@ def interrupted(
     path = save_if_finite(c, config, out_dir, state, step) if saved_step != step else None  # same in every process
     path = path or ckpt.latest_valid_checkpoint(out_dir)
     return {"interrupted": True, "step": step, "checkpoint": str(path) if path else None}
+
+
+def stopped_in_reward(out_dir: Path) -> dict[str, Any]:
+    """Ctrl-C / SIGTERM while a reward call ran: the step is abandoned (its rollouts already moved the random
+    streams), so the run stops at its newest checkpoint, from which ``--resume`` redoes what came after."""
+    path = ckpt.latest_valid_checkpoint(out_dir)
+    step = ckpt.checkpoint_step(path) if path else 0
+    log.warning("stopped during a reward call; resume from %s", path or "the start (no checkpoint yet)")
+    return {"interrupted": True, "step": step, "checkpoint": str(path) if path else None}

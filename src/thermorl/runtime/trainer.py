@@ -13,13 +13,15 @@ per-token temperatures):
      clipped-ratio loss (+ beta KL to the reference), plus the controller's own loss;
   5. the controller's outer update (TAMPO), logging, evaluation, checkpoint.
 
-Rewards go through a ``RewardGuard`` (timeouts, exceptions, NaN). Ctrl-C finishes the step, saves a
-checkpoint and returns; ``resume=True`` continues from the newest valid one.
+Rewards go through a ``RewardGuard`` (worker processes, timeouts that kill, exceptions, NaN). Ctrl-C
+finishes the step, saves a checkpoint and returns (a reward call still stuck 5 s after it is given up
+and the run stops at its newest checkpoint); ``resume=True`` continues from the newest valid one.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -31,7 +33,9 @@ from thermorl.algorithms.objective import advantages as estimate_advantages
 from thermorl.algorithms.schedule import lr_factor
 from thermorl.config import Config
 from thermorl.engines import HFEngine, RolloutBatch
+from thermorl.engines.base import completion_id_lists
 from thermorl.engines.vllm import recompute
+from thermorl.rewards.pool import RewardInterrupted
 from thermorl.errors import NonFiniteError, ThermoRLError, TrainingDivergedError
 from thermorl.runtime import checkpoint as ckpt
 from thermorl.runtime import faults, fsdp
@@ -40,7 +44,7 @@ from thermorl.runtime.distributed import gather_batch
 from thermorl.runtime.resume import GracefulStop, LoopState, find_resume_point, restore, rewind_run_dir
 from thermorl.runtime.runlock import RunLock
 from thermorl.runtime.tracking import RunLogger, RunSummary, prepare_run_dir, release
-from thermorl.runtime.update import grpo_update
+from thermorl.runtime.update import batch_statistics, grpo_update
 from thermorl.study.evaluate import evaluate_policy
 from thermorl.tasks.base import token_classes
 
@@ -110,49 +114,55 @@ def _train_loop(
 ) -> dict[str, Any]:
     rollout, start = config.rollout, time.time()
     with GracefulStop() as stop:
-        if first_step == 1:
-            state.initial_eval = state.last_eval = evaluate_policy(c, config, 0, state.eval_generator)
-            logger.log({"step": 0, **state.initial_eval})
-        if progress is not None:
-            progress.start(config.train.steps, state.last_eval["eval_accuracy"])
-
-        saved_step = first_step - 1
-        for step in range(first_step, config.train.steps + 1):
-            if c.dist.any_process(stop.requested):  # a signal to one process stops every process here
-                return faults.interrupted(c, config, out_dir, state, step - 1, saved_step)
-            step_start = time.time()
-            problems = c.dist.shard([  # this process's whole groups of the global batch
-                p for p in c.task.train_problems(state.data_rng, rollout.prompts_per_step) for _ in range(rollout.group_size)
-            ])
-            try:
-                metrics, batch, texts, rewards = train_step(c, config, state, step, problems)
-                state.bad_streak = 0
-            except NonFiniteError as err:
-                metrics, batch = faults.skip_step(state, step, err), None
-            metrics["skipped_steps"] = state.skipped_steps
-            metrics.update(c.dist.total(c.reward.metrics()))
-            metrics["step_time_s"] = time.time() - step_start
-            state.train_time += metrics["step_time_s"]
-
-            if batch is not None and (step % config.train.eval_every == 0 or step == config.train.steps):
-                try:
-                    state.last_eval = evaluate_policy(c, config, step, state.eval_generator)
-                    metrics.update(state.last_eval)
-                except NonFiniteError as err:
-                    log.warning("step %d: evaluation skipped: %s", step, err)
-            logger.log(metrics)
-            if batch is not None and config.log.samples_per_step:
-                logger.samples(step, _sample_rows(batch, problems, texts, rewards, config.log.samples_per_step,
-                                                 c.policy.tokenizer))
-            faults.stop_if_diverged(c, config, out_dir, state, step)
-            due = (config.train.checkpoint_every and step % config.train.checkpoint_every == 0) or step == config.train.steps
-            if due and faults.save_if_finite(c, config, out_dir, state, step):
-                saved_step = step
+        c.reward.should_stop = lambda: stop.requested  # a stuck reward call must not hold up Ctrl-C / SIGTERM
+        try:
+            if first_step == 1:
+                state.initial_eval = state.last_eval = evaluate_policy(c, config, 0, state.eval_generator)
+                logger.log({"step": 0, **state.initial_eval})
             if progress is not None:
-                progress.update(
-                    step, metrics.get("reward_mean", float("nan")), state.last_eval["eval_accuracy"],
-                    metrics.get("temperature_mean", float("nan")),
-                )
+                progress.start(config.train.steps, state.last_eval["eval_accuracy"])
+
+            saved_step = first_step - 1
+            for step in range(first_step, config.train.steps + 1):
+                if c.dist.any_process(stop.requested):  # a signal to one process stops every process here
+                    return faults.interrupted(c, config, out_dir, state, step - 1, saved_step)
+                step_start = time.time()
+                problems = c.dist.shard([  # this process's whole groups of the global batch
+                    p for p in c.task.train_problems(state.data_rng, rollout.prompts_per_step) for _ in range(rollout.group_size)
+                ])
+                try:
+                    metrics, batch, texts, rewards = train_step(c, config, state, step, problems)
+                    state.bad_streak = 0
+                except NonFiniteError as err:
+                    metrics, batch = faults.skip_step(state, step, err), None
+                metrics["skipped_steps"] = state.skipped_steps
+                metrics.update(c.dist.total(c.reward.metrics()))
+                metrics["step_time_s"] = time.time() - step_start
+                state.train_time += metrics["step_time_s"]
+
+                if batch is not None and (step % config.train.eval_every == 0 or step == config.train.steps):
+                    try:
+                        state.last_eval = evaluate_policy(c, config, step, state.eval_generator)
+                        metrics.update(state.last_eval)
+                    except NonFiniteError as err:
+                        log.warning("step %d: evaluation skipped: %s", step, err)
+                logger.log(metrics)
+                if batch is not None and config.log.samples_per_step:
+                    logger.samples(step, _sample_rows(batch, problems, texts, rewards, config.log.samples_per_step,
+                                                     c.policy.tokenizer))
+                faults.stop_if_diverged(c, config, out_dir, state, step)
+                due = (config.train.checkpoint_every and step % config.train.checkpoint_every == 0) or step == config.train.steps
+                if due and faults.save_if_finite(c, config, out_dir, state, step):
+                    saved_step = step
+                if progress is not None:
+                    progress.update(
+                        step, metrics.get("reward_mean", float("nan")), state.last_eval["eval_accuracy"],
+                        metrics.get("temperature_mean", float("nan")),
+                    )
+        except RewardInterrupted:
+            return faults.stopped_in_reward(out_dir)
+        finally:
+            c.reward.should_stop = None
 
     summary = _summary(c, config, state, time.time() - start)
     summary.write(out_dir)
@@ -162,7 +172,7 @@ def _train_loop(
         # the report reads every step's untempered logits, which only thermorl's own sampler exposes
         report_engine = c.engine if getattr(c.engine, "exact_logprobs", True) else HFEngine(c.policy, config.rollout)
         with fsdp.full_weights(c.policy):  # the report generates: on gathered weights under FSDP
-            write_run_reports(c.policy, report_engine, c.task, c.controller, out_dir, config)
+            write_run_reports(c.policy, report_engine, c.task, c.controller, out_dir, config, c.reward)
     return summary.to_json()
 
 
@@ -184,9 +194,13 @@ def train_step(
         batch, trainer_logprobs, mismatch = recompute(c.policy, c.controller, batch)
     texts = c.engine.decode(batch)
     with c.dist.coordinated():  # a reward function failing in one process (fail-fast) stops all of them
-        rewards = torch.tensor(c.reward.score(problems, texts), device=c.policy.device)
+        scores = c.reward.score(problems, texts, completion_id_lists(batch), step)
+    # a sample no reward function rewarded (None) is NaN here: the advantage leaves it out
+    rewards = torch.tensor([math.nan if r is None else r for r in scores.total], device=c.policy.device)
     advantages = estimate_advantages(algo.advantage, rewards, batch.group_ids)
     metrics = {"step": step, **batch_statistics(*gather_batch(c.dist, batch, rewards), rollout.group_size)}
+    if len(c.reward.functions) > 1:
+        metrics.update(scores.function_means())
     lr = algo.lr * lr_factor(step, config.train.steps, algo.warmup_steps, algo.lr_schedule)
     for group in c.lm_optimizer.param_groups:
         group["lr"] = lr
@@ -200,24 +214,6 @@ def train_step(
     metrics.update({"lm_updates": state.lm_updates, "head_updates": state.head_updates})
     metrics.update(c.controller.metrics())
     return metrics, batch, texts, rewards
-
-
-def batch_statistics(batch: RolloutBatch, rewards: torch.Tensor, group_size: int) -> dict[str, float]:
-    """Reward, temperature, entropy and length statistics of the (global) batch; its groups are consecutive."""
-    mask = batch.completion_mask
-    tokens = mask.sum().clamp_min(1.0)
-    grouped = rewards.view(-1, group_size)
-    mean_temp = (batch.temperatures * mask).sum() / tokens
-    var_temp = (((batch.temperatures - mean_temp) ** 2) * mask).sum() / tokens
-    return {
-        "reward_mean": rewards.mean().item(),
-        "reward_std": rewards.std().item(),
-        "zero_variance_groups": (grouped.std(dim=1) == 0).float().mean().item(),
-        "temperature_mean": mean_temp.item(),
-        "temperature_std": var_temp.sqrt().item(),
-        "entropy_mean": ((batch.entropies * mask).sum() / tokens).item(),
-        "completion_length": mask.sum(-1).mean().item(),
-    }
 
 
 def _summary(c: Components, config: Config, state: LoopState, wall_time_s: float) -> RunSummary:
@@ -243,7 +239,7 @@ def _sample_rows(
         rows.append({
             "prompt": problems[i].prompt,
             "completion": texts[i],
-            "reward": rewards[i].item(),
+            "reward": None if math.isnan(rewards[i].item()) else rewards[i].item(),
             "temperatures": [round(t, 4) for t in batch.temperatures[i, :length].tolist()],
             "classes": token_classes([tokenizer.decode([t]) for t in ids], [t == tokenizer.eos_token_id for t in ids]),
         })

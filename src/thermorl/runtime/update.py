@@ -145,3 +145,33 @@ def _reassemble(parts: list[tuple[torch.Tensor, torch.Tensor]], rows: int) -> to
     for index, part in parts:
         logits[index] = part
     return logits
+
+
+def batch_statistics(batch: RolloutBatch, rewards: torch.Tensor, group_size: int) -> dict[str, float]:
+    """Reward, temperature, entropy and length statistics of the (global) batch; its groups are consecutive."""
+    mask = batch.completion_mask
+    tokens = mask.sum().clamp_min(1.0)
+    grouped = rewards.view(-1, group_size)
+    mean_temp = (batch.temperatures * mask).sum() / tokens
+    var_temp = (((batch.temperatures - mean_temp) ** 2) * mask).sum() / tokens
+    if torch.isnan(rewards).any():  # samples without a reward are left out of the reward statistics
+        given = rewards[~torch.isnan(rewards)]
+        spread = [g[~torch.isnan(g)] for g in grouped]
+        reward_stats = {
+            "reward_mean": given.mean().item() if len(given) else float("nan"),
+            "reward_std": given.std().item() if len(given) > 1 else float("nan"),
+            "zero_variance_groups": sum(len(g) < 2 or bool(g.std() == 0) for g in spread) / len(spread),
+        }
+    else:
+        reward_stats = {
+            "reward_mean": rewards.mean().item(),
+            "reward_std": rewards.std().item(),
+            "zero_variance_groups": (grouped.std(dim=1) == 0).float().mean().item(),
+        }
+    return {
+        **reward_stats,
+        "temperature_mean": mean_temp.item(),
+        "temperature_std": var_temp.sqrt().item(),
+        "entropy_mean": ((batch.entropies * mask).sum() / tokens).item(),
+        "completion_length": mask.sum(-1).mean().item(),
+    }

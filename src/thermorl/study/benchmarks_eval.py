@@ -75,7 +75,7 @@ def benchmark_problems(source: str, task: TaskConfig, limit: int | None) -> list
 def evaluate_benchmarks(
     policy: Policy,
     controller: TemperatureController,
-    reward: Any,
+    reward: RewardGuard,
     benchmarks: list[str],
     task: TaskConfig,
     settings: BenchmarkSettings,
@@ -83,14 +83,14 @@ def evaluate_benchmarks(
     rollout: RolloutConfig,
     batch_rows: int = 64,
     training_step: int = 0,
-    reward_timeout_s: float = 10.0,
     progress: Any = None,
     on_batch: Callable[[RolloutBatch], None] | None = None,
 ) -> dict[str, Any]:
     """Score each benchmark, skipping those already in ``out_dir/eval.json``; returns the eval.json content.
 
     Sampled through the ``rollout.engine`` with the run's ``rollout`` settings (its temperature clamp) and
-    ``settings.max_new_tokens``. ``on_batch`` sees every sampled batch (e.g. to check its temperatures)."""
+    ``settings.max_new_tokens``. ``on_batch`` sees every sampled batch (e.g. to check its temperatures).
+    ``reward`` is the run's reward guard; each benchmark's entry records the failures counted on it."""
     if settings.samples < settings.k:
         raise ThermoRLError(f"--samples ({settings.samples}) must be >= --k ({settings.k})")
     results = _load_previous(out_dir, settings)
@@ -99,8 +99,9 @@ def evaluate_benchmarks(
         if name in results["benchmarks"]:
             continue
         problems = benchmark_problems(name, task, settings.problems)
-        guard = RewardGuard(reward, f"for {name}", reward_timeout_s, fail_fast=False)
-        held_out = MathTask([], problems, len(problems), 0, reward=guard)
+        reward.check_columns(problems, f"the problems of {name}")
+        held_out = MathTask([], problems, len(problems), 0, task.answer_extractor, task.verify_timeout_s)
+        counted = reward.metrics()
         generator = torch.Generator(device=policy.device).manual_seed(settings.seed + zlib.crc32(name.encode()))
         per_call = max(1, batch_rows // settings.samples)
         bar = progress.add_task(name, total=len(problems)) if progress is not None else None
@@ -110,13 +111,14 @@ def evaluate_benchmarks(
             chunk = problems[first : first + per_call]
             scores = score_problems(
                 engine, held_out, chunk, controller, settings.samples, False, generator,
-                batch_rows=batch_rows, training_step=training_step, on_batch=on_batch,
+                batch_rows=batch_rows, training_step=training_step, on_batch=on_batch, reward=reward,
             )
             correct.extend(round(sum(s)) for s in scores)
             if bar is not None:
                 progress.update(bar, advance=len(chunk))
         entry = summarise(correct, settings.samples, settings.k, settings.seed)
-        entry.update(seconds=round(time.time() - start, 2), correct=correct, **guard.metrics())
+        entry.update(seconds=round(time.time() - start, 2), correct=correct)
+        entry.update({key: value - counted[key] for key, value in reward.metrics().items()})
         results["benchmarks"][name] = entry
         _write(out_dir, results)
     return results
@@ -207,20 +209,14 @@ def run_benchmark_eval(
     from rich.table import Table
 
     from thermorl.config import load_config
-    from thermorl.rewards import TaskReward, load_reward_function, math_verify_reward
+    from thermorl.engines.hf import uses_chat_template
+    from thermorl.rewards import build_reward_guard
     from thermorl.runtime.components import load_for_eval
 
     cfg = load_config(run_config, overrides)
     cfg.model.path = model_path
     if max_new_tokens is None:
         max_new_tokens = cfg.rollout.max_new_tokens if cfg.task.name == "math" else DEFAULT_MAX_NEW_TOKENS
-    if cfg.task.reward != "default":
-        reward = TaskReward(load_reward_function(cfg.task.reward), cfg.task.reward)
-    else:
-        reward = TaskReward(
-            math_verify_reward, "math_verify_reward", extractor=cfg.task.answer_extractor,
-            timeout_s=cfg.task.verify_timeout_s,
-        )
     for name in benchmarks:  # fail on a bad name before loading the model
         benchmark_problems(name, cfg.task, 1)
     settings = BenchmarkSettings(
@@ -228,6 +224,8 @@ def run_benchmark_eval(
     )
     _load_previous(out_dir, settings)  # a settings clash fails before the model loads
     policy, _, controller = load_for_eval(cfg)
+    math_task = MathTask([], [], 0, 0, cfg.task.answer_extractor, cfg.task.verify_timeout_s)
+    reward = build_reward_guard(cfg.task, math_task, uses_chat_template(policy.tokenizer))
     state_file = Path(model_path).parent / "state.json"
     training_step = json.loads(state_file.read_text())["step"] if state_file.is_file() else 0
     console = Console(stderr=True)
@@ -235,10 +233,13 @@ def run_benchmark_eval(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, disable=not progress_enabled,
     ) as progress:
-        results = evaluate_benchmarks(
-            policy, controller, reward, benchmarks, cfg.task, settings, out_dir, cfg.rollout, batch_rows, training_step,
-            cfg.task.reward_timeout_s, progress, on_batch,
-        )
+        try:
+            results = evaluate_benchmarks(
+                policy, controller, reward, benchmarks, cfg.task, settings, out_dir, cfg.rollout, batch_rows,
+                training_step, progress, on_batch,
+            )
+        finally:
+            reward.close()
     table = Table(title=f"{model_path} ({settings.controller}, n={settings.samples}) -> {out_dir}/eval.json")
     for column in ["benchmark", "problems", f"avg@{k}", "95% CI", f"pass@{k}", "95% CI"]:
         table.add_column(column, justify="left" if column == "benchmark" else "right")

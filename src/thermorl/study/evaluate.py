@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from thermorl.config import Config
-from thermorl.engines.base import RolloutBatch, RolloutEngine
+from thermorl.engines.base import RolloutBatch, RolloutEngine, completion_id_lists
+from thermorl.rewards.guard import RewardGuard
 from thermorl.runtime import fsdp
 from thermorl.tasks.base import Problem, Task
 from thermorl.temperature.base import ControllerEnv, TemperatureController
@@ -37,12 +38,13 @@ def score_problems(
     generator: torch.Generator | None = None,
     batch_rows: int = 1024,
     training_step: int = 0,
-    reward: Callable[[Problem, str], float] | None = None,
+    reward: RewardGuard | None = None,
     on_batch: Callable[[RolloutBatch], None] | None = None,
 ) -> list[list[float]]:
-    """Rewards[problem][sample] of ``samples`` completions per problem (``reward`` defaults to the task's);
+    """Rewards[problem][sample] of ``samples`` completions per problem, 0 where none was given (``reward``: the
+    run's guard; without one the task's own verifier runs behind an in-process guard);
     ``on_batch`` is called with every sampled batch (e.g. to check its temperatures)."""
-    reward = reward or task.reward
+    reward = reward or RewardGuard([task.default_reward()], timeout_s=10.0, fail_fast=False, workers=0)
     rows = [p for p in problems for _ in range(samples)]
     rewards: list[float] = []
     for start in range(0, len(rows), batch_rows):
@@ -54,12 +56,13 @@ def score_problems(
         )
         if on_batch is not None:
             on_batch(batch)
-        rewards.extend(reward(p, text) for p, text in zip(chunk, engine.decode(batch)))
+        scores = reward.score(chunk, engine.decode(batch), completion_id_lists(batch), training_step)
+        rewards.extend(scores.values())
     return [rewards[i * samples : (i + 1) * samples] for i in range(len(problems))]
 
 
 def greedy_accuracy(
-    engine: RolloutEngine, task: Task, problems: list[Problem], reward: Callable[[Problem, str], float] | None = None,
+    engine: RolloutEngine, task: Task, problems: list[Problem], reward: RewardGuard | None = None,
 ) -> float:
     """Fraction of problems solved by greedy decoding (the temperature is irrelevant to argmax)."""
     controller = FixedController(FixedConfig(), ControllerEnv(1, 1, torch.device("cpu")))
@@ -75,7 +78,7 @@ def sampled_metrics(
     k: int,
     generator: torch.Generator,
     training_step: int = 0,
-    reward: Callable[[Problem, str], float] | None = None,
+    reward: RewardGuard | None = None,
     on_batch: Callable[[RolloutBatch], None] | None = None,
 ) -> dict[str, float]:
     """avg@k (mean reward of k samples) and pass@k over ``problems``, sampling with ``controller``."""
@@ -99,7 +102,7 @@ def evaluate_policy(
     # under accelerate each process scores every N-th problem; the shards are combined by size below
     problems = c.dist.stride(c.task.eval_problems())
     sampled = c.dist.stride(c.task.eval_problems()[: config.train.eval_avg_problems])
-    reward = c.reward or c.task.reward
+    reward = c.reward
     with fsdp.full_weights(c.policy), c.dist.coordinated():  # no collectives inside: shards may differ in size
         metrics = {"eval_accuracy": greedy_accuracy(c.engine, c.task, problems, reward)}
         env = ControllerEnv(c.policy.hidden_size, 1, c.policy.device)

@@ -10,6 +10,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from thermorl.rewards.guard import RewardFunction, TaskVerifier
+
 CLASSES = ("digit", "operator", "separator", "final answer", "end", "other")  # see token_classes
 OPERATORS = set("+-*/")
 SEPARATORS = set(",=")
@@ -75,6 +77,10 @@ class Task:
         return self.demonstration(problem)
 
     # -- provided -------------------------------------------------------------
+    def default_reward(self) -> RewardFunction:
+        """The task's own verifier as a reward function (``task.reward=default``): ``reward`` per completion."""
+        return RewardFunction(TaskVerifier(self), self.name, convention="task")
+
     def eval_problems(self) -> list[Problem]:
         """The held-out split: ``eval_size`` distinct prompts, identical for every run with the same seed."""
         if self._eval is None:

@@ -2,18 +2,20 @@
 
 The prompt asks for the final answer in ``\\boxed{}``; the default reward is
 ``thermorl.rewards.math_verify_reward`` (math-verify on the last ``\\boxed{}``), and any
-TRL-style reward function can replace it (``task.reward=module:function``). Training prompts
+TRL-style reward functions can replace or join it (``task.reward`` / ``task.rewards``). Training prompts
 come from ``task.dataset``, the held-out split from ``task.eval_dataset`` (see
 ``thermorl.tasks.math_data`` for the accepted sources).
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import Any
 
 from thermorl.config import TaskConfig
 from thermorl.config.registry import TASKS
+from thermorl.rewards.guard import RewardFunction
 from thermorl.tasks.base import Problem, Task
 from thermorl.tasks.math_data import load_math_rows
 
@@ -32,34 +34,32 @@ class MathTask(Task):
 
     def __init__(
         self, train: list[Problem], held_out: list[Problem], eval_size: int, eval_seed: int,
-        reward: Any = None,
+        extractor: str = "boxed", verify_timeout_s: float = 5.0,
     ) -> None:
         super().__init__(eval_size, eval_seed)
         self.train = train
         self._eval = held_out[:eval_size]
         self._eval_prompts = {p.prompt for p in self._eval}
-        if reward is None:
-            from thermorl.rewards import TaskReward, math_verify_reward
-
-            reward = TaskReward(math_verify_reward, "math_verify_reward")
-        self._reward = reward
+        self.extractor = extractor
+        self.verify_timeout_s = verify_timeout_s
 
     @classmethod
     def from_config(cls, config: TaskConfig) -> MathTask:
-        from thermorl.rewards import TaskReward, math_verify_reward
-
         def problems(source: str, split: str) -> list[Problem]:
             rows = load_math_rows(source, config.problem_field, config.answer_field, split)
             return [math_problem(row, config.prompt_template) for row in rows]
 
-        reward = TaskReward(
-            math_verify_reward, "math_verify_reward", extractor=config.answer_extractor,
-            timeout_s=config.verify_timeout_s,
-        )
         return cls(
             problems(config.dataset, "train"), problems(config.eval_dataset, "test"), config.eval_size,
-            config.eval_seed, reward,
+            config.eval_seed, config.answer_extractor, config.verify_timeout_s,
         )
+
+    def default_reward(self) -> RewardFunction:
+        """``math_verify_reward`` with the task's extractor and per-verification timeout, once per batch."""
+        from thermorl.rewards import math_verify_reward
+
+        reward = functools.partial(math_verify_reward, extractor=self.extractor, timeout_s=self.verify_timeout_s)
+        return RewardFunction(reward, "math_verify_reward")
 
     def generate(self, rng: random.Random) -> Problem:
         return self.train[rng.randrange(len(self.train))]
@@ -78,4 +78,4 @@ class MathTask(Task):
         return problem.data.get("solution") or f"The answer is \\boxed{{{problem.answer}}}."
 
     def reward(self, problem: Problem, completion: str) -> float:
-        return self._reward(problem, completion)
+        return self.default_reward().function([problem.prompt], [completion], [problem.answer])[0]
