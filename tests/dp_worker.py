@@ -96,7 +96,7 @@ def run(out: Path, strategy: str = "ddp") -> dict:
         with full_weights(c.policy):
             batch = sample(c.policy, c.controller, prompt_ids, prompt_mask, 8, torch.Generator().manual_seed(step))
         c.policy.model.train()
-        rewards = torch.tensor([c.task.reward(p, t) for p, t in zip(problems, decode_completions(c.policy, batch))])
+        rewards = torch.tensor(c.reward.score(problems, decode_completions(c.policy, batch)).values())  # the run's reward
         rows = torch.tensor(c.dist.shard(list(range(len(problems)))))
         local, local_rewards = batch.select(rows), rewards[rows]
         advantages = group_advantages(local_rewards, GROUP)

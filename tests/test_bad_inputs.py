@@ -231,9 +231,9 @@ USER_REWARDS = Path(__file__).resolve().parent / "user_rewards.py"
     [
         ("raises", [], "raised ValueError: boom (task.reward_fail_fast is on)"),
         ("hangs", ["task.reward_timeout_s=0.2"], "did not return within 0.2 s (task.reward_fail_fast is on)"),
-        ("wrong_length", [], "returned 2 rewards for 1 completions"),
+        ("wrong_length", [], "returned 21 rewards for 20 completions"),  # one call per batch (TRL convention)
         ("nan", [], "returned nan for completion 0 (task.reward_fail_fast is on)"),
-        ("not_a_number", [], "returned str for completion 0"),
+        ("not_a_number", [], "returned str 'yes' for completion 0; it must return a number or None"),
     ],
     ids=["raises", "hangs", "wrong-length", "nan", "non-number"],
 )

@@ -196,7 +196,7 @@ def reward_functions(config: Any, task: Any) -> list[RewardFunction]:
             function = task.default_reward()
             function.weight = weight
         else:
-            function = RewardFunction(NamedRewardFunction(spec), spec.rpartition(":")[2], weight)
+            function = RewardFunction(NamedRewardFunction(spec), spec.rpartition(":")[2], weight, spec=spec)
         functions.append(function)
     return functions
 

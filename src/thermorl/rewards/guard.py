@@ -69,10 +69,15 @@ class RewardFunction:
     """
 
     function: Callable[..., Any]
-    name: str
+    name: str  # the metric name (rewards/NAME/mean)
     weight: float = 1.0
     convention: Literal["trl", "task"] = "trl"
     key: int = field(default_factory=function_key)
+    spec: str = ""  # what the user wrote (module:function or path.py:function), named in error messages
+
+    @property
+    def shown(self) -> str:
+        return self.spec or self.name
 
 
 class TaskVerifier:
@@ -214,7 +219,7 @@ class RewardGuard:
                 if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in have:
                     columns = ", ".join(sorted(set(_columns(problems[:1])) | {"prompts", "completions"}))
                     raise RewardError(
-                        f"reward function {f.name} needs the column {p.name!r}, which {where} lack "
+                        f"reward function {f.shown} needs the column {p.name!r}, which {where} lack "
                         f"(they have: {columns})"
                     )
 
@@ -257,23 +262,23 @@ class RewardGuard:
     def _values(self, f: RewardFunction, outcome: Outcome, count: int) -> list[float | None]:
         if outcome.status == "timeout":
             self.counters.reward_timeouts += count
-            self._fail("timeouts", f"reward function {f.name} did not return within {self.timeout_s:g} s")
+            self._fail("timeouts", f"reward function {f.shown} did not return within {self.timeout_s:g} s")
             return [0.0] * count
         if outcome.status == "error":
             if outcome.error.startswith("RewardError"):  # a contract check inside the function (e.g. lengths)
                 raise RewardError(outcome.error.partition(": ")[2])
             self.counters.reward_errors += count
-            self._fail("errors", f"reward function {f.name} raised {outcome.error}")
+            self._fail("errors", f"reward function {f.shown} raised {outcome.error}")
             return [0.0] * count
         values = outcome.value
         if hasattr(values, "tolist"):  # numpy array or torch tensor
             values = values.tolist()
         if not isinstance(values, (list, tuple)):
             raise RewardError(
-                f"reward function {f.name} returned {type(values).__name__}, expected a list of {count} numbers"
+                f"reward function {f.shown} returned {type(values).__name__}, expected a list of {count} numbers"
             )
         if len(values) != count:
-            raise RewardError(f"reward function {f.name} returned {len(values)} rewards for {count} completions")
+            raise RewardError(f"reward function {f.shown} returned {len(values)} rewards for {count} completions")
         return [self._check(f, value, index) for index, value in enumerate(values)]
 
     def _check(self, f: RewardFunction, value: Any, index: int) -> float | None:
@@ -282,13 +287,13 @@ class RewardGuard:
             return None
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise RewardError(
-                f"reward function {f.name} returned {type(value).__name__} {_short(value)} for completion "
+                f"reward function {f.shown} returned {type(value).__name__} {_short(value)} for completion "
                 f"{index}; it must return a number or None"
             )
         value = float(value)
         if not math.isfinite(value):
             self.counters.reward_non_finite += 1
-            self._fail("non_finite", f"reward function {f.name} returned {value} for completion {index}")
+            self._fail("non_finite", f"reward function {f.shown} returned {value} for completion {index}")
             return 0.0
         return value
 
