@@ -206,7 +206,7 @@ def evaluate(
         engine = build_engine(cfg.rollout, policy, controller)
         selected = task.eval_problems()[:problems]
         generator = torch.Generator(device=policy.device).manual_seed(seed)
-        reward = build_reward_guard(cfg.task, task, uses_chat_template(policy.tokenizer))
+        reward = build_reward_guard(cfg.task, task, uses_chat_template(policy.tokenizer), policy.system_prompt)
         try:
             reward.check_columns(selected, "the held-out problems")
             result = {"greedy_accuracy": greedy_accuracy(engine, task, selected, reward)}

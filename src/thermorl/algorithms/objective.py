@@ -65,14 +65,18 @@ def token_objective(
     beta: float = 0.0,
     kl_estimator: str = "k3",
     token_share: float = 1.0,
+    entropies: Tensor | None = None,
+    entropy_coef: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The clipped-ratio GRPO loss of a minibatch (module docstring) and its diagnostics.
 
     ``logprobs`` / ``old_logprobs`` / ``ref_logprobs`` (N, T) are at the sampled per-token temperatures;
     ``advantages`` (N,); ``mask`` (N, T) 1 on generated tokens; ``pg_mask`` the top-entropy token mask;
     ``importance`` the truncated importance weights and their clip indicator when training another policy
-    than the sampling one. Diagnostics: pg_loss, clip_fraction, approx_kl (and kl_ref, is_weight_mean,
-    is_clipped_fraction when those terms are on), as 0-d tensors.
+    than the sampling one; ``entropies`` (N, T, with gradients) the entropy of the tempered (truncated)
+    distribution each token was sampled from, for the bonus l_t -= entropy_coef * H_t. Diagnostics: pg_loss,
+    clip_fraction, approx_kl (and kl_ref, is_weight_mean, is_clipped_fraction, lm_entropy when those terms
+    are on), as 0-d tensors.
     """
     agg = AGGREGATIONS[aggregation].build
     diagnostics: dict[str, Tensor] = {}
@@ -89,6 +93,9 @@ def token_objective(
         kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)
         token_loss = token_loss + beta * kl
         diagnostics["kl_ref"] = aggregate(kl, mask)
+    if entropy_coef > 0 and entropies is not None:  # l_t -= c_H * H(pi(. | s_t, tau_t))
+        token_loss = token_loss - entropy_coef * entropies
+        diagnostics["lm_entropy"] = aggregate(entropies.detach(), mask)
     loss = agg.reduce(token_loss, mask)
     if agg.scaled_by_token_share:
         loss = loss * token_share

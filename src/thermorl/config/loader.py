@@ -124,6 +124,13 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
         if value not in args:
             raise ConfigError(f"{name} must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
+    if origin is dict:  # a mapping of names to YAML scalars (e.g. model.chat_template_kwargs)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{name} must be a mapping of names to values, got {value!r}")
+        for key, item in value.items():
+            if item is not None and not isinstance(item, (bool, int, float, str)):
+                raise ConfigError(f"{name}.{key} must be a number, string, true/false or null, got {item!r}")
+        return dict(value)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{name} must be a list, got {value!r}")

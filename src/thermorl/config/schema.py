@@ -45,6 +45,14 @@ class ModelConfig:
     hidden_size: int = doc("Tiny model width (builtin:random only).", 128)
     num_layers: int = doc("Tiny model depth (builtin:random only).", 4)
     num_heads: int = doc("Tiny model attention heads (builtin:random only).", 4)
+    system_prompt: str | None = doc(
+        "A system message before every prompt (through the chat template; without one, its text and a newline).",
+        None,
+    )
+    chat_template_kwargs: dict[str, Any] = doc(
+        "Extra variables of the tokenizer's chat template, e.g. --set model.chat_template_kwargs.enable_thinking="
+        "false for Qwen3 (TRL's chat_template_kwargs).", {}
+    )
 
     def validate(self) -> None:
         positive(self, "hidden_size", "num_layers", "num_heads", section="model")
@@ -196,9 +204,25 @@ class RolloutConfig:
     temperature_min: float = doc("Every sampled temperature is clamped to at least this, whatever the controller.", 0.05)
     temperature_max: float = doc("Every sampled temperature is clamped to at most this, whatever the controller.", 5.0)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    top_k: int = doc(
+        "Rollouts sample from the top_k most likely tokens of the tempered distribution (0 = all); the sampler "
+        "and the trainer both use the log-probs of that truncated distribution (rollout.engine=hf).", 0
+    )
+    top_p: float = doc(
+        "Rollouts sample from the smallest set of most likely tokens whose tempered probability reaches top_p "
+        "(nucleus, after top_k; 1.0 = all), with the log-probs of that truncated distribution (rollout.engine=hf).",
+        1.0,
+    )
 
     def validate(self) -> None:
         positive(self, "prompts_per_step", "max_new_tokens", "temperature_min", section="rollout")
+        if self.top_k < 0:
+            raise ConfigError(f"rollout.top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
+        if self.engine == "vllm" and (self.top_k or self.top_p < 1):
+            raise ConfigError("rollout.top_k / rollout.top_p are not carried to the trainer by rollout.engine=vllm yet; "
+                              "use rollout.engine=hf")
         if self.group_size < 2:
             raise ConfigError(f"rollout.group_size must be >= 2, got {self.group_size}")
         if self.temperature_min >= self.temperature_max:
@@ -280,6 +304,14 @@ class AlgorithmConfig:
         "auto",
     )
     rollout_is_cap: float = doc("Upper cap C of the truncated importance weight min(ratio, C).", 2.0)
+    mask_truncated_completions: bool = doc(
+        "Leave completions cut at rollout.max_new_tokens (no EOS) out of the loss (DAPO's overlong filtering, "
+        "TRL's mask_truncated_completions); they still count in their group's advantage.", False
+    )
+    entropy_coef: float = doc(
+        "Entropy bonus on the language model: the loss subtracts entropy_coef x the entropy of the tempered "
+        "distribution each token was sampled from (0 = off).", 0.0
+    )
 
     def validate(self) -> None:
         for registry, value in ((ADVANTAGES, self.advantage), (AGGREGATIONS, self.loss_aggregation)):
@@ -289,6 +321,8 @@ class AlgorithmConfig:
         positive(self, "num_iterations", "num_minibatches", "lr", section="algorithm")
         if self.beta < 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
             raise ConfigError("algorithm.beta, weight_decay and max_grad_norm must be >= 0")
+        if self.entropy_coef < 0:
+            raise ConfigError(f"algorithm.entropy_coef must be >= 0, got {self.entropy_coef}")
         if self.warmup_steps < 0:
             raise ConfigError(f"algorithm.warmup_steps must be >= 0, got {self.warmup_steps}")
         positive(self, "rollout_is_cap", section="algorithm")

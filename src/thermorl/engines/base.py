@@ -30,6 +30,8 @@ class RolloutBatch:
     entropies: Tensor  # (N, T) entropy of the tempered distribution
     group_ids: Tensor  # (N,) long: rows with the same id answer the same prompt (a GRPO group)
     actions: TemperatureActions = field(default_factory=TemperatureActions)  # the temperature policy's, (N, T)
+    top_k: int = 0  # the truncation tokens were sampled under (0 = none); training scores the same distribution
+    top_p: float = 1.0  # nucleus mass tokens were sampled under (1 = none)
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -37,7 +39,8 @@ class RolloutBatch:
     def select(self, index: Tensor) -> "RolloutBatch":
         """The rows ``index`` (a minibatch)."""
         return RolloutBatch(
-            *(getattr(self, name)[index] for name in _ROW_FIELDS), actions=self.actions.select(index)
+            *(getattr(self, name)[index] for name in _ROW_FIELDS), actions=self.actions.select(index),
+            top_k=self.top_k, top_p=self.top_p,
         )
 
     def full_inputs(self) -> tuple[Tensor, Tensor, Tensor]:

@@ -2,8 +2,12 @@
 
 At every decoding step the controller returns one temperature per active row; the token is
 drawn from softmax(logits / temperature) and the sampler records, per token: id, mask,
-temperature, tempered log-prob, entropy, and the controller's own typed actions. Rows that emit
-EOS are dropped from the batch (and from the KV cache), so finished completions cost nothing.
+temperature, tempered log-prob, entropy, and the controller's own typed actions. With top-k / top-p
+(``rollout.top_k`` / ``rollout.top_p``) the token is drawn from the truncated distribution and its
+log-prob and entropy are that distribution's (``sampling_log_softmax``); the batch records top-k /
+top-p so that training scores the same distribution. Rows that emit a stop token (every EOS id of
+the tokenizer and of the model's generation config) are dropped from the batch (and from the KV
+cache), so finished completions cost nothing.
 Prompts are left-padded; position ids skip the padding so every row sees positions 0, 1, ...
 Every temperature is clamped to a global range (``RolloutConfig.temperature_min/max``) whatever
 the controller returns; NaN/inf logits or temperatures raise ``NonFiniteError``.
@@ -18,7 +22,12 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from thermorl.algorithms.logprobs import gather_logprobs, tempered_log_softmax, tempered_logprobs
+from thermorl.algorithms.logprobs import (
+    gather_logprobs,
+    gather_truncated_logprobs,
+    sampled_logprobs,
+    sampling_log_softmax,
+)
 from thermorl.config import RolloutConfig
 from thermorl.engines.base import RolloutBatch, positions_from_mask
 from thermorl.errors import NonFiniteError
@@ -31,17 +40,32 @@ def uses_chat_template(tokenizer: object) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def stop_token_ids(policy: Policy) -> list[int]:
+    """Every id that ends a completion: the tokenizer's EOS and each EOS id of the model's generation config
+    (Llama-3-style chat models end a turn with <|eot_id|>, which is not the tokenizer's eos_token_id)."""
+    ids = [policy.tokenizer.eos_token_id]
+    config_ids = getattr(getattr(policy.model, "generation_config", None), "eos_token_id", None)
+    ids += config_ids if isinstance(config_ids, (list, tuple)) else [config_ids]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
 def encode_prompts(policy: Policy, prompts: list[str]) -> tuple[Tensor, Tensor]:
-    """Left-padded prompt ids and mask; a chat template is applied when the tokenizer has one."""
+    """Left-padded prompt ids and mask. With a chat template, each prompt is a user message after the
+    optional ``model.system_prompt``, rendered with ``model.chat_template_kwargs``; without one, the
+    system prompt (if any) and a newline precede the prompt text."""
     tokenizer = policy.tokenizer
     if uses_chat_template(tokenizer):
+        system = [{"role": "system", "content": policy.system_prompt}] if policy.system_prompt else []
         texts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            tokenizer.apply_chat_template(
+                [*system, {"role": "user", "content": p}], tokenize=False, add_generation_prompt=True,
+                **policy.chat_template_kwargs,
+            )
             for p in prompts
         ]
         encoded = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
     else:
-        bos = tokenizer.bos_token or ""
+        bos = (tokenizer.bos_token or "") + (f"{policy.system_prompt}\n" if policy.system_prompt else "")
         encoded = tokenizer([bos + p for p in prompts], padding=True, return_tensors="pt", add_special_tokens=False)
     return encoded["input_ids"].to(policy.device), encoded["attention_mask"].to(policy.device)
 
@@ -74,8 +98,11 @@ def sample(
     training_step: int = 0,
     temperature_range: tuple[float, float] = (RolloutConfig.temperature_min, RolloutConfig.temperature_max),
     group_ids: Tensor | None = None,
+    top_k: int = 0,
+    top_p: float = 1.0,
 ) -> RolloutBatch:
-    """Generate one completion per prompt row; ``greedy`` takes the argmax (temperature ignored).
+    """Generate one completion per prompt row; ``greedy`` takes the argmax (temperature ignored);
+    ``top_k`` > 0 / ``top_p`` < 1 truncate the tempered distribution (``sampling_log_softmax``).
 
     ``temperature_range`` is the clamp of every temperature (callers pass their run's ``RolloutConfig``
     range: :class:`HFEngine` does); ``group_ids`` (N,) names each row's group (default: its own).
@@ -85,7 +112,8 @@ def sample(
     Raises ``NonFiniteError`` on NaN/inf logits or temperatures (the trainer skips such a step).
     """
     num_rows, device = prompt_ids.shape[0], prompt_ids.device
-    eos_id, pad_id = policy.tokenizer.eos_token_id, policy.tokenizer.pad_token_id
+    stop_ids, pad_id = torch.tensor(stop_token_ids(policy), device=device), policy.tokenizer.pad_token_id
+    truncates = top_k > 0 or top_p < 1.0
     tokens = torch.full((num_rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     mask = torch.zeros(num_rows, max_new_tokens, device=device)
     temperatures = torch.ones(num_rows, max_new_tokens, device=device)
@@ -109,12 +137,12 @@ def sample(
         if not torch.isfinite(tau).all():
             raise NonFiniteError(f"non-finite temperature from the {controller.name} controller at token {t}")
         tau = tau.clamp(*temperature_range)
-        logp = tempered_log_softmax(logits, tau)
+        logp = sampling_log_softmax(logits, tau, top_k, top_p)
         if greedy:
             token = logits.argmax(-1)
         else:
             token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
-        token_logp, entropy = gather_logprobs(logp, token)
+        token_logp, entropy = (gather_truncated_logprobs if truncates else gather_logprobs)(logp, token)
 
         tokens[rows, t] = token
         mask[rows, t] = 1.0
@@ -126,7 +154,7 @@ def sample(
                 actions[name] = torch.zeros(num_rows, max_new_tokens, dtype=value.dtype, device=device)
             actions[name][rows, t] = value
 
-        alive = token != eos_id
+        alive = ~torch.isin(token, stop_ids)
         if not alive.any() or t == max_new_tokens - 1:
             break
         if not alive.all():
@@ -144,7 +172,7 @@ def sample(
     return RolloutBatch(
         prompt_ids, prompt_mask, tokens[:, completion], mask[:, completion], temperatures[:, completion],
         logprobs[:, completion], entropies[:, completion], group_ids.to(device),
-        TemperatureActions(**{name: v[:, completion] for name, v in actions.items()}),
+        TemperatureActions(**{name: v[:, completion] for name, v in actions.items()}), top_k=top_k, top_p=top_p,
     )
 
 
@@ -152,7 +180,8 @@ class HFEngine:
     """The in-process sampler over the training model itself (``rollout.engine: hf``).
 
     It reads the policy's live parameters, so ``sync_weights`` has nothing to copy. Sampling settings
-    (``max_new_tokens``, the temperature clamp) come from the run's ``RolloutConfig`` and nowhere else.
+    (``max_new_tokens``, the temperature clamp, top-k / top-p) come from the run's ``RolloutConfig`` and
+    nowhere else.
     """
 
     name = "hf"
@@ -181,7 +210,7 @@ class HFEngine:
         try:
             return sample(
                 self.policy, controller, prompt_ids, prompt_mask, self.config.max_new_tokens, generator, greedy,
-                training_step, self.temperature_range, group_ids,
+                training_step, self.temperature_range, group_ids, self.config.top_k, self.config.top_p,
             )
         finally:
             self.policy.model.train(was_training)
@@ -194,13 +223,21 @@ class HFEngine:
 
 
 def decode_completions(policy: Policy, batch: RolloutBatch) -> list[str]:
-    """Completion texts without EOS and padding."""
-    eos_id = policy.tokenizer.eos_token_id
+    """Completion texts without stop tokens and padding."""
+    stop_ids = set(stop_token_ids(policy))
     texts = []
     for ids, row_mask in zip(batch.completion_ids.tolist(), batch.completion_mask.tolist()):
-        kept = [i for i, m in zip(ids, row_mask) if m and i != eos_id]
+        kept = [i for i, m in zip(ids, row_mask) if m and i not in stop_ids]
         texts.append(policy.tokenizer.decode(kept, skip_special_tokens=True))
     return texts
+
+
+def truncated_completions(policy: Policy, batch: RolloutBatch, max_new_tokens: int) -> Tensor:
+    """(N,) bool: completions cut at ``max_new_tokens`` without a stop token (DAPO's overlong samples)."""
+    lengths = batch.completion_mask.sum(-1).long()
+    last = batch.completion_ids.gather(1, (lengths - 1).clamp_min(0).unsqueeze(1)).squeeze(1)
+    stop_ids = torch.tensor(stop_token_ids(policy), device=last.device)
+    return (lengths >= max_new_tokens) & ~torch.isin(last, stop_ids)
 
 
 @dataclass
@@ -214,7 +251,8 @@ class Scored:
 
 
 def score(policy: Policy, batch: RolloutBatch, share_prompts: bool = True) -> Scored:
-    """Recompute tempered log-probs of ``batch`` with gradients, at the temperatures sampling used.
+    """Recompute tempered log-probs of ``batch`` with gradients, at the temperatures sampling used (and of the
+    distribution truncated by the batch's top-k / top-p, the sampled token always kept).
 
     Rows with the same prompt (a GRPO group) share one pass over that prompt: its keys and values
     are computed once and indexed per row, and the completions attend to them. Indexing is
@@ -233,5 +271,5 @@ def score(policy: Policy, batch: RolloutBatch, share_prompts: bool = True) -> Sc
         hidden, _ = policy.hidden(input_ids, mask, positions)
         hidden = hidden[:, prompt_len - 1 : -1]
     logits = policy.logits(hidden)
-    logprobs, entropies = tempered_logprobs(logits, batch.completion_ids, batch.temperatures)
+    logprobs, entropies = sampled_logprobs(logits, batch.completion_ids, batch.temperatures, batch.top_k, batch.top_p)
     return Scored(logprobs, entropies, hidden, logits)

@@ -37,7 +37,7 @@ from torch import Tensor
 from thermorl.algorithms.hierarchical import bins_logprob, temperature_logprob
 from thermorl.config import RolloutConfig
 from thermorl.engines.base import RolloutBatch
-from thermorl.engines.hf import decode_completions, encode_prompts, score
+from thermorl.engines.hf import decode_completions, encode_prompts, score, stop_token_ids
 from thermorl.errors import ConfigError
 from thermorl.models.policy import Policy
 from thermorl.temperature.base import StepContext, TemperatureActions, TemperatureController
@@ -177,7 +177,7 @@ class VLLMEngine:
         if not vllm_available():
             raise ConfigError(f"rollout.engine=vllm needs vLLM, which is not installed: {INSTALL_HINT}")
         self.policy, self.rollout, self.config = policy, config, config.vllm
-        self.eos_id, self.pad_id = policy.tokenizer.eos_token_id, policy.tokenizer.pad_token_id
+        self.stop_ids, self.pad_id = stop_token_ids(policy), policy.tokenizer.pad_token_id
         self.head = controller.module if controller is not None and controller.name == "introspective" else None
         max_model_len = self.config.max_model_len
         self.directory = tempfile.TemporaryDirectory(prefix="thermorl-vllm-")
@@ -337,7 +337,7 @@ class VLLMEngine:
         controller.start(num_rows, training_step)
         low, high = temperature_range
         rule = PER_POSITION.get(controller.name)
-        base = {"max_tokens": max_new_tokens, "logprobs": 0, "stop_token_ids": [self.eos_id], "detokenize": False}
+        base = {"max_tokens": max_new_tokens, "logprobs": 0, "stop_token_ids": self.stop_ids, "detokenize": False}
         keys: list[str | None] = [None] * num_rows
         if greedy:
             params = [SamplingParams(temperature=0.0, **base) for _ in range(num_rows)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ class Policy:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     sharded: Any = None  # FSDP root (runtime.fsdp.ShardedForward) once the model is sharded over processes
+    system_prompt: str | None = None  # model.system_prompt: how engines format prompts for this model
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # model.chat_template_kwargs
 
     def __post_init__(self) -> None:
         # transformers >= 5.2x names the KV-cache argument `cache`; earlier releases `past_key_values`.
@@ -107,7 +109,9 @@ def load_policy(config: ModelConfig, seed: int = 0) -> Policy:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.lora_r and not hasattr(model, "peft_config"):
         model = add_lora(model, config)
-    return Policy(model=model, tokenizer=tokenizer)
+    return Policy(
+        model, tokenizer, system_prompt=config.system_prompt, chat_template_kwargs=dict(config.chat_template_kwargs)
+    )
 
 
 def add_lora(model: PreTrainedModel, config: ModelConfig) -> PreTrainedModel:

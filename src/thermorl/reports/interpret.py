@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from thermorl.engines.base import RolloutEngine, completion_id_lists  # noqa: E402
+from thermorl.engines.hf import stop_token_ids  # noqa: E402
 from thermorl.models.policy import Policy  # noqa: E402
 from thermorl.rewards.guard import RewardGuard  # noqa: E402
 from thermorl.tasks.base import CLASSES, Task, token_classes  # noqa: E402
@@ -76,7 +77,7 @@ def temperature_traces(
     batch = engine.generate([p.prompt for p in chosen], probe, generator, group_ids=group_ids,
                             training_step=training_step)
     model_entropy = probe.entropies(len(chosen))
-    eos_id = policy.tokenizer.eos_token_id
+    stop_ids = set(stop_token_ids(policy))
     texts = engine.decode(batch)
     reward = reward or RewardGuard([task.default_reward()], timeout_s=10.0, fail_fast=False, workers=0)
     rewards = reward.score(chosen, texts, completion_id_lists(batch), training_step).values()
@@ -92,7 +93,7 @@ def temperature_traces(
             "tokens": pieces,
             "temperatures": [round(t, 4) for t in batch.temperatures[i, :length].tolist()],
             "entropy": [round(h, 4) for h in model_entropy[i, :length].tolist()],
-            "classes": token_classes(pieces, [token == eos_id for token in ids]),
+            "classes": token_classes(pieces, [token in stop_ids for token in ids]),
         }
         for name, values in batch.actions.present().items():
             row[name] = [round(float(v), 4) for v in values[i, :length].tolist()]

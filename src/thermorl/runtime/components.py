@@ -84,7 +84,9 @@ def build_components(config: Config, policy: Policy | None = None) -> Components
     if controller.module is not None:
         head_lr = getattr(getattr(config.temperature, config.temperature.controller), "lr", config.algorithm.lr)
         head_optimizer = torch.optim.AdamW(controller.module.parameters(), lr=head_lr)
-    reward = build_reward_guard(config.task, task, uses_chat_template(policy.tokenizer), max_steps=config.train.steps)
+    reward = build_reward_guard(
+        config.task, task, uses_chat_template(policy.tokenizer), policy.system_prompt, config.train.steps
+    )
     reward.check_columns([task.generate(random.Random(config.train.seed))], "the training problems")
     reward.check_columns(task.eval_problems()[:1], "the held-out problems")
     engine = build_engine(config.rollout, policy, controller)

@@ -34,6 +34,7 @@ from thermorl.algorithms.schedule import lr_factor
 from thermorl.config import Config
 from thermorl.engines import HFEngine, RolloutBatch
 from thermorl.engines.base import completion_id_lists
+from thermorl.engines.hf import truncated_completions
 from thermorl.engines.vllm import recompute
 from thermorl.rewards.pool import RewardInterrupted
 from thermorl.errors import NonFiniteError, ThermoRLError, TrainingDivergedError
@@ -201,6 +202,8 @@ def train_step(
     metrics = {"step": step, **batch_statistics(*gather_batch(c.dist, batch, rewards), rollout.group_size)}
     if len(c.reward.functions) > 1:
         metrics.update(scores.function_means())
+    if config.algorithm.mask_truncated_completions:
+        metrics["truncated_fraction"] = truncated_completions(c.policy, batch, rollout.max_new_tokens).float().mean().item()
     lr = algo.lr * lr_factor(step, config.train.steps, algo.warmup_steps, algo.lr_schedule)
     for group in c.lm_optimizer.param_groups:
         group["lr"] = lr

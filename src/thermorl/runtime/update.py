@@ -16,7 +16,7 @@ from thermorl.algorithms.grpo import high_entropy_mask, truncated_importance_wei
 from thermorl.algorithms.objective import token_objective
 from thermorl.config import Config
 from thermorl.engines import RolloutBatch
-from thermorl.engines.hf import score
+from thermorl.engines.hf import score, truncated_completions
 from thermorl.errors import NonFiniteError
 from thermorl.runtime import fsdp
 from thermorl.runtime.components import Components, finite_gradients
@@ -59,6 +59,9 @@ def grpo_update(
             ref_logprobs = score(c.reference, batch).logprobs
 
     pg_mask = high_entropy_mask(batch.entropies, batch.completion_mask, algo.top_entropy_fraction)
+    kept = None  # DAPO's overlong filtering: completions cut at max_new_tokens weigh nothing in the loss
+    if algo.mask_truncated_completions:
+        kept = (~truncated_completions(c.policy, batch, config.rollout.max_new_tokens)).float()
     totals: dict[str, float] = {}
     updates = lm_steps = head_steps = 0
     logits_for_controller = []
@@ -66,7 +69,7 @@ def grpo_update(
         order = torch.randperm(len(batch), generator=generator, device=generator.device)  # the model's device
         for index in order.chunk(algo.num_minibatches):
             mb = batch.select(index)
-            mask = mb.completion_mask
+            mask = mb.completion_mask if kept is None else mb.completion_mask * kept[index].unsqueeze(-1)
             share = c.dist.token_share(mask)  # 1.0 in one process; see thermorl.runtime.distributed
             with torch.set_grad_enabled(trains_lm):
                 scored = score(c.policy, mb)
@@ -78,7 +81,8 @@ def grpo_update(
                     epsilon_high=algo.epsilon_high, aggregation=algo.loss_aggregation, pg_mask=pg_mask[index],
                     importance=None if importance is None else (importance[0][index], importance[1][index]),
                     ref_logprobs=None if ref_logprobs is None else ref_logprobs[index], beta=algo.beta,
-                    kl_estimator=algo.kl_estimator, token_share=share,
+                    kl_estimator=algo.kl_estimator, token_share=share, entropies=scored.entropies,
+                    entropy_coef=algo.entropy_coef,
                 )
                 metrics.update({name: value.item() for name, value in diagnostics.items()})
             head_loss, head_metrics = c.controller.policy_loss(

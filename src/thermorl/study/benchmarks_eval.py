@@ -225,7 +225,7 @@ def run_benchmark_eval(
     _load_previous(out_dir, settings)  # a settings clash fails before the model loads
     policy, _, controller = load_for_eval(cfg)
     math_task = MathTask([], [], 0, 0, cfg.task.answer_extractor, cfg.task.verify_timeout_s)
-    reward = build_reward_guard(cfg.task, math_task, uses_chat_template(policy.tokenizer))
+    reward = build_reward_guard(cfg.task, math_task, uses_chat_template(policy.tokenizer), policy.system_prompt)
     state_file = Path(model_path).parent / "state.json"
     training_step = json.loads(state_file.read_text())["step"] if state_file.is_file() else 0
     console = Console(stderr=True)
