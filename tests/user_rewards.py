@@ -90,3 +90,8 @@ def raises_after_training(prompts, completions, **columns):
     if (Path(os.environ["THERMORL_TEST_RUN_DIR"]) / "summary.json").exists():
         raise RuntimeError("raised after training")
     return digit_fraction(prompts, completions)
+
+
+def spread_if_prompt_has_a_7(prompts, completions, **columns):
+    """Rewards that differ within a group only for prompts containing a 7 (0.0 for every other completion)."""
+    return [float(len(text) % 3) if "7" in prompt else 0.0 for prompt, text in zip(prompts, completions)]

@@ -63,6 +63,19 @@ def group_advantages_by_id(rewards: Tensor, group_ids: Tensor, scale: bool = Tru
     return advantages
 
 
+def groups_with_spread(rewards: Tensor, group_ids: Tensor) -> Tensor:
+    """(N,) bool: the rows of groups whose rewards are not all equal, DAPO's dynamic-sampling filter
+    (Yu et al. 2025, eq. 11: keep a group when 0 < |{correct o_i}| < G). NaN rewards (no reward) are ignored;
+    a group with fewer than two rewards has no spread."""
+    keep = torch.zeros(group_ids.shape, dtype=torch.bool, device=group_ids.device)
+    for group in group_ids.unique():
+        rows = group_ids == group
+        values = rewards[rows]
+        values = values[~torch.isnan(values)]
+        keep[rows] = len(values) > 1 and bool(values.max() > values.min())
+    return keep
+
+
 def clipped_policy_loss(
     logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, epsilon_low: float, epsilon_high: float
 ) -> tuple[Tensor, Tensor]:

@@ -14,6 +14,7 @@ from thermorl.config.loader import walk_sections
 from thermorl.config.registry import ADVANTAGES, AGGREGATIONS, CONTROLLERS, TASKS
 from thermorl.errors import ConfigError
 
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "swanlab")
 MAX_TASK_NUMBER = 9999  # the synthetic tasks' answer parser reads numbers of at most 4 digits
 
 
@@ -214,8 +215,18 @@ class RolloutConfig:
         1.0,
     )
 
+    dynamic_sampling: bool = doc(
+        "DAPO's dynamic sampling: drop groups whose rewards all match and sample more prompts until "
+        "prompts_per_step groups differ (dropped groups fill the batch when the bound is reached).", False
+    )
+    dynamic_sampling_max_rounds: int = doc(
+        "Dynamic sampling: at most this many extra rollouts of prompts_per_step prompts per step.", 3
+    )
+
     def validate(self) -> None:
         positive(self, "prompts_per_step", "max_new_tokens", "temperature_min", section="rollout")
+        if self.dynamic_sampling_max_rounds < 0:
+            raise ConfigError(f"rollout.dynamic_sampling_max_rounds must be >= 0, got {self.dynamic_sampling_max_rounds}")
         if self.top_k < 0:
             raise ConfigError(f"rollout.top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -371,6 +382,13 @@ class LogConfig:
     plot: bool = doc("Write RUN/curves.png at the end.", True)
     progress: bool = doc("Show a rich progress bar.", True)
     samples_per_step: int = doc("Completions written to RUN/samples.jsonl per step (0 = none).", 2)
+    report_to: list[Literal[TRACKERS]] = doc(
+        "Experiment trackers that also get every step's scalars, through accelerate's tracking API: "
+        "tensorboard (RUN/trackers), wandb, trackio, mlflow, aim, comet_ml, clearml, dvclive, swanlab. Empty = "
+        "none (nothing leaves the machine); wandb runs offline unless WANDB_MODE says otherwise. RUN/metrics.jsonl "
+        "stays the record.", []
+    )
+    project: str = doc("Project (run group) name given to the trackers of log.report_to.", "thermorl")
 
 
 @dataclass

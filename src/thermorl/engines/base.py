@@ -92,3 +92,28 @@ def completion_id_lists(batch: RolloutBatch) -> list[list[int]]:
     """Each completion's token ids (EOS included, padding left out), as TRL's reward functions receive them."""
     lengths = batch.completion_mask.sum(-1).long().tolist()
     return [ids[:n] for ids, n in zip(batch.completion_ids.tolist(), lengths)]
+
+
+def concat_batches(batches: Sequence[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """The rows of ``batches`` as one batch: prompts left-padded, completions right-padded to the longest
+    (padding: pad id, mask 0, temperature 1, log-prob and entropy 0, actions 0). Group ids are kept as they are."""
+    prompt_len = max(b.prompt_ids.shape[1] for b in batches)
+    length = max(b.completion_ids.shape[1] for b in batches)
+
+    def left(x: Tensor, value: float) -> Tensor:
+        return torch.nn.functional.pad(x, (prompt_len - x.shape[1], 0), value=value)
+
+    def right(x: Tensor, value: float) -> Tensor:
+        return torch.nn.functional.pad(x, (0, length - x.shape[1]), value=value)
+
+    def cat(name: str, pad, value: float) -> Tensor:
+        return torch.cat([pad(getattr(b, name), value) for b in batches])
+
+    names = set.intersection(*(set(b.actions.present()) for b in batches))
+    actions = {n: torch.cat([right(b.actions.present()[n], 0) for b in batches]) for n in names}
+    return RolloutBatch(
+        cat("prompt_ids", left, pad_id), cat("prompt_mask", left, 0), cat("completion_ids", right, pad_id),
+        cat("completion_mask", right, 0.0), cat("temperatures", right, 1.0), cat("logprobs", right, 0.0),
+        cat("entropies", right, 0.0), torch.cat([b.group_ids for b in batches]), TemperatureActions(**actions),
+        top_k=batches[0].top_k, top_p=batches[0].top_p,
+    )

@@ -1,14 +1,19 @@
-"""Run-directory outputs: metrics.jsonl, TensorBoard events, sample completions, summary.json.
+"""Run-directory outputs: metrics.jsonl, TensorBoard events, sample completions, summary.json, trackers.
 
 ``RunSummary`` is the typed summary.json that the trainer writes and compare and the plots read;
 ``read_jsonl`` is the one reader of the run's JSON-lines files (metrics, samples, traces).
+``metrics.jsonl`` is the record; ``log.report_to`` mirrors every step's scalars to experiment trackers
+through accelerate's tracking API (``accelerate.tracking``: one ``GeneralTracker`` class per service,
+started here, given the run's config once, then ``log(values, step)``, ``finish()``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +24,13 @@ from thermorl.runtime.runlock import LOCK_NAME, RunLock
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, tensorboard: bool, purge_step: int | None = None) -> None:
-        """``purge_step``: a resumed run drops TensorBoard events from this step on (they are redone)."""
+    def __init__(
+        self, run_dir: Path, tensorboard: bool, purge_step: int | None = None, trackers: Sequence[Any] = ()
+    ) -> None:
+        """``purge_step``: a resumed run drops TensorBoard events from this step on (they are redone);
+        ``trackers``: started accelerate trackers (``build_trackers``), finished by ``close``."""
         self.run_dir = run_dir
+        self.trackers = list(trackers)
         self.metrics_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
         self.samples_file = open(run_dir / "samples.jsonl", "a", encoding="utf-8")
         self.writer = None
@@ -37,10 +46,15 @@ class RunLogger:
             self.metrics_file.flush()
         except OSError as err:
             raise ThermoRLError(f"cannot write {self.run_dir / 'metrics.jsonl'}: {err.strerror}") from None
+        scalars = {
+            key: value for key, value in metrics.items()
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value)
+        }
         if self.writer is not None:
-            for key, value in metrics.items():
-                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self.writer.add_scalar(key, value, metrics["step"])
+            for key, value in scalars.items():
+                self.writer.add_scalar(key, value, metrics["step"])
+        for tracker in self.trackers:
+            tracker.log(scalars, step=metrics["step"])
 
     def samples(self, step: int, rows: list[dict[str, Any]]) -> None:
         for row in rows:
@@ -52,6 +66,9 @@ class RunLogger:
         self.samples_file.close()
         if self.writer is not None:
             self.writer.close()
+        for tracker in self.trackers:
+            tracker.finish()
+        self.trackers = []
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:
@@ -177,3 +194,42 @@ def release(lock: RunLock | None) -> None:
     """Release a run directory's lock, if one is held."""
     if lock is not None:
         lock.release()
+
+
+def build_trackers(names: Sequence[str], project: str, run_dir: Path, config: dict[str, Any]) -> list[Any]:
+    """Started accelerate trackers for ``log.report_to``, each given the run's config (flattened) once.
+
+    Offline-safe: trackers that need a directory write under RUN/trackers, and wandb runs offline
+    unless the user's WANDB_MODE says otherwise. A tracker whose package is missing is a ThermoRLError.
+    """
+    if not names:
+        return []
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, filter_trackers
+
+    logging_dir = run_dir / "trackers"
+    available = {str(getattr(t, "value", t)) for t in filter_trackers(list(names), logging_dir)}
+    missing = [name for name in names if name not in available]
+    if missing:
+        raise ThermoRLError(f"log.report_to: {', '.join(missing)} is not installed (pip install {' '.join(missing)})")
+    trackers = []
+    for name in dict.fromkeys(names):
+        cls = LOGGER_TYPE_TO_CLASS[name]
+        options: dict[str, Any] = {"logging_dir": str(logging_dir)} if cls.requires_logging_directory else {}
+        if name == "wandb":
+            options.update(mode=os.environ.get("WANDB_MODE", "offline"), dir=str(run_dir))
+        tracker = cls(project, **options)
+        tracker.start()
+        tracker.store_init_configuration(_flat(config))
+        trackers.append(tracker)
+    return trackers
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists as text (trackers take scalars only)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) or value is None else str(value)
+    return flat

@@ -31,10 +31,9 @@ import torch
 
 from thermorl.algorithms.objective import advantages as estimate_advantages
 from thermorl.algorithms.schedule import lr_factor
-from thermorl.config import Config
+from thermorl.config import Config, to_dict
 from thermorl.engines import HFEngine, RolloutBatch
-from thermorl.engines.base import completion_id_lists
-from thermorl.engines.hf import truncated_completions
+from thermorl.engines.hf import stop_token_ids, truncated_completions
 from thermorl.engines.vllm import recompute
 from thermorl.rewards.pool import RewardInterrupted
 from thermorl.errors import NonFiniteError, ThermoRLError, TrainingDivergedError
@@ -44,7 +43,8 @@ from thermorl.runtime.components import Components, build_components, load_for_e
 from thermorl.runtime.distributed import gather_batch
 from thermorl.runtime.resume import GracefulStop, LoopState, find_resume_point, restore, rewind_run_dir
 from thermorl.runtime.runlock import RunLock
-from thermorl.runtime.tracking import RunLogger, RunSummary, prepare_run_dir, release
+from thermorl.runtime.dynamic_sampling import sample_and_score
+from thermorl.runtime.tracking import RunLogger, RunSummary, build_trackers, prepare_run_dir, release
 from thermorl.runtime.update import batch_statistics, grpo_update
 from thermorl.study.evaluate import evaluate_policy
 from thermorl.tasks.base import token_classes
@@ -94,7 +94,10 @@ def train(config: Config, out_dir: Path, progress: Any = None, resume: bool = Fa
         c.dist.decorrelate(state.generator, config.train.seed)  # a resumed run restored every process's streams
     logger = None
     try:
-        logger = RunLogger(out_dir, config.log.tensorboard, purge_step=first_step if resume else None)
+        trackers = build_trackers(config.log.report_to, config.log.project, out_dir, to_dict(config)) \
+            if c.dist.is_main else []
+        logger = RunLogger(out_dir, config.log.tensorboard, purge_step=first_step if resume else None,
+                           trackers=trackers)
         return _train_loop(c, config, out_dir, logger, progress, state, first_step)
     except (ThermoRLError, OSError) as err:
         if not resume and not isinstance(err, TrainingDivergedError) and not ckpt.list_checkpoints(out_dir):
@@ -132,7 +135,7 @@ def _train_loop(
                     p for p in c.task.train_problems(state.data_rng, rollout.prompts_per_step) for _ in range(rollout.group_size)
                 ])
                 try:
-                    metrics, batch, texts, rewards = train_step(c, config, state, step, problems)
+                    metrics, batch, problems, texts, rewards = train_step(c, config, state, step, problems)
                     state.bad_streak = 0
                 except NonFiniteError as err:
                     metrics, batch = faults.skip_step(state, step, err), None
@@ -150,7 +153,7 @@ def _train_loop(
                 logger.log(metrics)
                 if batch is not None and config.log.samples_per_step:
                     logger.samples(step, _sample_rows(batch, problems, texts, rewards, config.log.samples_per_step,
-                                                     c.policy.tokenizer))
+                                                     c.policy))
                 faults.stop_if_diverged(c, config, out_dir, state, step)
                 due = (config.train.checkpoint_every and step % config.train.checkpoint_every == 0) or step == config.train.steps
                 if due and faults.save_if_finite(c, config, out_dir, state, step):
@@ -179,27 +182,22 @@ def _train_loop(
 
 def train_step(
     c: Components, config: Config, state: LoopState, step: int, problems: list
-) -> tuple[dict[str, Any], RolloutBatch, list[str], torch.Tensor]:
+) -> tuple[dict[str, Any], RolloutBatch, list, list[str], torch.Tensor]:
     """Sample, reward, advantages, update; raises NonFiniteError (nothing stepped) on NaN/inf.
 
     ``problems`` holds whole groups, in order (each problem repeated ``rollout.group_size`` times).
+    Returns the metrics, batch, problems (dynamic sampling may replace some), texts and rewards.
     """
     rollout, algo = config.rollout, config.algorithm
-    group_ids = torch.arange(len(problems)) // rollout.group_size
-    with fsdp.full_weights(c.policy), c.dist.coordinated():  # gathered weights (FSDP); NaN in one process skips all
-        batch = c.engine.generate(
-            [p.prompt for p in problems], c.controller, state.generator, group_ids=group_ids, training_step=step
-        )
+    batch, problems, texts, scores, sampling = sample_and_score(c, config, state, step, problems)
     trainer_logprobs, mismatch = None, {}
     if not getattr(c.engine, "exact_logprobs", True):  # vLLM: the trainer's own log-probs and the gap
         batch, trainer_logprobs, mismatch = recompute(c.policy, c.controller, batch)
-    texts = c.engine.decode(batch)
-    with c.dist.coordinated():  # a reward function failing in one process (fail-fast) stops all of them
-        scores = c.reward.score(problems, texts, completion_id_lists(batch), step)
     # a sample no reward function rewarded (None) is NaN here: the advantage leaves it out
     rewards = torch.tensor([math.nan if r is None else r for r in scores.total], device=c.policy.device)
     advantages = estimate_advantages(algo.advantage, rewards, batch.group_ids)
     metrics = {"step": step, **batch_statistics(*gather_batch(c.dist, batch, rewards), rollout.group_size)}
+    metrics.update(sampling)  # dynamic sampling's rounds and groups, when it is on
     if len(c.reward.functions) > 1:
         metrics.update(scores.function_means())
     if config.algorithm.mask_truncated_completions:
@@ -216,7 +214,7 @@ def train_step(
     metrics.update(diagnostics)
     metrics.update({"lm_updates": state.lm_updates, "head_updates": state.head_updates})
     metrics.update(c.controller.metrics())
-    return metrics, batch, texts, rewards
+    return metrics, batch, problems, texts, rewards
 
 
 def _summary(c: Components, config: Config, state: LoopState, wall_time_s: float) -> RunSummary:
@@ -233,9 +231,10 @@ def _summary(c: Components, config: Config, state: LoopState, wall_time_s: float
 
 
 def _sample_rows(
-    batch: RolloutBatch, problems: list, texts: list[str], rewards: torch.Tensor, count: int, tokenizer: Any
+    batch: RolloutBatch, problems: list, texts: list[str], rewards: torch.Tensor, count: int, policy: Any
 ) -> list[dict]:
-    rows = []
+    tokenizer = policy.tokenizer
+    rows, stop_ids = [], set(stop_token_ids(policy))
     for i in range(min(count, len(texts))):
         length = int(batch.completion_mask[i].sum().item())
         ids = batch.completion_ids[i, :length].tolist()
@@ -244,6 +243,6 @@ def _sample_rows(
             "completion": texts[i],
             "reward": None if math.isnan(rewards[i].item()) else rewards[i].item(),
             "temperatures": [round(t, 4) for t in batch.temperatures[i, :length].tolist()],
-            "classes": token_classes([tokenizer.decode([t]) for t in ids], [t == tokenizer.eos_token_id for t in ids]),
+            "classes": token_classes([tokenizer.decode([t]) for t in ids], [t in stop_ids for t in ids]),
         })
     return rows
