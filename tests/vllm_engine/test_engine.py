@@ -1,5 +1,6 @@
 """The vLLM engine against thermorl's own recomputation on the shipped tiny model (one shared engine)."""
 
+import dataclasses
 import random
 
 import pytest
@@ -54,6 +55,34 @@ def test_sampling_logprobs_match_recomputation(vllm_setup, name):
         assert ((head_logprob - actions.logprob).abs() * mask).max().item() <= 1e-4
         kept = (actions.gate[:, 1:] == 0) & mask[:, 1:].bool()  # gate 0 keeps tau_{t-1}
         assert torch.equal(batch.temperatures[:, 1:][kept], batch.temperatures[:, :-1][kept])
+
+
+@pytest.mark.parametrize("name", ["fixed", "ead", "introspective"])
+@pytest.mark.parametrize("top_k, top_p", [(5, 1.0), (0, 0.9), (5, 0.9)])
+def test_truncated_sampling_logprobs_match_recomputation(vllm_setup, name, top_k, top_p):
+    """top-k / top-p: vLLM's processed log-probs (its sampler truncates after our logits processor and its
+    own temperature) = thermorl's ``sampling_log_softmax`` at the recorded temperatures to 1e-4; every
+    sampled token lies in thermorl's truncation set, and the truncation changed the log-probs."""
+    from thermorl.algorithms.logprobs import truncation_mask
+
+    _, components, engine = vllm_setup
+    controller = controller_for(name, components)
+    prompt_ids, prompt_mask = prompts(components)
+    batch = engine.sample(controller, prompt_ids, prompt_mask, 24, torch.Generator().manual_seed(1), training_step=5,
+                          top_k=top_k, top_p=top_p)
+    assert (batch.top_k, batch.top_p) == (top_k, top_p)
+    mask = batch.completion_mask
+    valid = mask.bool()
+    assert mask.sum() > 100
+    scored = score(components.policy, batch)
+    assert ((scored.logprobs - batch.logprobs).abs() * mask).max().item() <= 1e-4
+    kept = truncation_mask(scored.logits.float() / batch.temperatures.unsqueeze(-1), top_k, top_p)
+    assert kept.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)[valid].all()
+    assert (kept.sum(-1)[valid] < kept.shape[-1]).float().mean() > 0.5  # most positions were truncated
+    full = score(components.policy, dataclasses.replace(batch, top_k=0, top_p=1.0))
+    assert ((full.logprobs - batch.logprobs).abs() * mask).max().item() > 1e-2  # truncation is visible
+    if name != "fixed":
+        assert batch.temperatures[valid].unique().numel() > 3
 
 
 def test_same_seed_same_completions(vllm_setup):

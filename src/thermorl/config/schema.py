@@ -207,11 +207,11 @@ class RolloutConfig:
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     top_k: int = doc(
         "Rollouts sample from the top_k most likely tokens of the tempered distribution (0 = all); the sampler "
-        "and the trainer both use the log-probs of that truncated distribution (rollout.engine=hf).", 0
+        "and the trainer both use the log-probs of that truncated distribution (both engines).", 0
     )
     top_p: float = doc(
         "Rollouts sample from the smallest set of most likely tokens whose tempered probability reaches top_p "
-        "(nucleus, after top_k; 1.0 = all), with the log-probs of that truncated distribution (rollout.engine=hf).",
+        "(nucleus, after top_k; 1.0 = all), with the log-probs of that truncated distribution (both engines).",
         1.0,
     )
 
@@ -231,9 +231,6 @@ class RolloutConfig:
             raise ConfigError(f"rollout.top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
-        if self.engine == "vllm" and (self.top_k or self.top_p < 1):
-            raise ConfigError("rollout.top_k / rollout.top_p are not carried to the trainer by rollout.engine=vllm yet; "
-                              "use rollout.engine=hf")
         if self.group_size < 2:
             raise ConfigError(f"rollout.group_size must be >= 2, got {self.group_size}")
         if self.temperature_min >= self.temperature_max:

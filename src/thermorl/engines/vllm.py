@@ -301,7 +301,7 @@ class VLLMEngine:
         rollout = self.rollout
         batch = self.sample(
             controller, prompt_ids, prompt_mask, rollout.max_new_tokens, generator, greedy, training_step,
-            (rollout.temperature_min, rollout.temperature_max),
+            (rollout.temperature_min, rollout.temperature_max), rollout.top_k, rollout.top_p,
         )
         if group_ids is not None:
             batch = dataclasses.replace(batch, group_ids=group_ids.to(batch.group_ids.device))
@@ -321,9 +321,16 @@ class VLLMEngine:
         greedy: bool = False,
         training_step: int = 0,
         temperature_range: tuple[float, float] = (0.05, 5.0),
+        top_k: int = 0,
+        top_p: float = 1.0,
     ) -> RolloutBatch:
         """One completion per (left-padded) prompt row, as ``thermorl.engines.hf.sample`` returns it;
-        entropies are left at zero (vLLM returns none; the trainer's recomputation fills them)."""
+        entropies are left at zero (vLLM returns none; the trainer's recomputation fills them).
+
+        ``top_k`` / ``top_p`` go to vLLM's sampler, which truncates after the temperature (ours from the
+        logits processor, which runs before it, or vLLM's own) with the rules of ``sampling_log_softmax``;
+        its ``processed_logprobs`` are those of the truncated, renormalised distribution. Greedy rows
+        ignore them (their log-probs are of the untempered, untruncated distribution)."""
         from vllm import SamplingParams
 
         if controller.name not in PER_REQUEST and controller.name not in PER_POSITION:
@@ -338,6 +345,9 @@ class VLLMEngine:
         low, high = temperature_range
         rule = PER_POSITION.get(controller.name)
         base = {"max_tokens": max_new_tokens, "logprobs": 0, "stop_token_ids": self.stop_ids, "detokenize": False}
+        if greedy:
+            top_k, top_p = 0, 1.0
+        truncation = {"top_k": top_k, "top_p": top_p}
         keys: list[str | None] = [None] * num_rows
         if greedy:
             params = [SamplingParams(temperature=0.0, **base) for _ in range(num_rows)]
@@ -347,12 +357,15 @@ class VLLMEngine:
             ctx = StepContext(torch.zeros(num_rows, 1, device=device), torch.zeros(num_rows, 1, device=device), 0,
                               rows, training_step)
             request_temperatures = controller.choose(ctx)[0].float().clamp(low, high).cpu()
-            params = [SamplingParams(temperature=t, seed=s, **base) for t, s in zip(request_temperatures.tolist(), seeds)]
+            params = [
+                SamplingParams(temperature=t, seed=s, **truncation, **base)
+                for t, s in zip(request_temperatures.tolist(), seeds)
+            ]
         else:
             specs = self._row_specs(controller, rule, num_rows, training_step, temperature_range)
             keys = [spec["key"] for spec in specs]
             params = [
-                SamplingParams(temperature=1.0, seed=s, extra_args={"thermorl": spec}, **base)
+                SamplingParams(temperature=1.0, seed=s, extra_args={"thermorl": spec}, **truncation, **base)
                 for s, spec in zip(seeds, specs)
             ]
         prompts = [{"prompt_token_ids": ids[m.bool()].tolist()} for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
@@ -367,8 +380,9 @@ class VLLMEngine:
             from thermorl.engines.vllm_plugin import collect_records
 
             records = self.llm.collective_rpc(collect_records, args=(keys,))[0]
-        return self._batch(prompt_ids, prompt_mask, completions, logprobs, keys, records, request_temperatures
-                           if rule is None or greedy else None)
+        batch = self._batch(prompt_ids, prompt_mask, completions, logprobs, keys, records, request_temperatures
+                            if rule is None or greedy else None)
+        return dataclasses.replace(batch, top_k=top_k, top_p=top_p)
 
     def _row_specs(
         self, controller: TemperatureController, rule: str, num_rows: int, step: int, temperature_range: tuple
