@@ -114,3 +114,56 @@ def test_a_stop_signal_during_a_stuck_reward_call_stops_at_once_and_resumes(tmp_
     resumed = _run([sys.executable, "-m", "thermorl.cli", "train", "--resume", str(run), "--set", "log.plot=false"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert [row["step"] for row in _rows(run)] == [0, 1, 2, 3]
+
+
+def test_two_weighted_reward_functions_train_on_their_weighted_sum(tmp_path):
+    run = tmp_path / "run"
+    result = _run(_command(
+        run, f"task.rewards=[{USER_REWARDS}:digit_fraction, {USER_REWARDS}:length_and_columns]",
+        "task.reward_weights=[1, 0.5]", "log.plot=false",
+    ))
+    assert result.returncode == 0, result.stderr[-2000:]
+    steps = [row for row in _rows(run) if "reward_mean" in row]
+    assert len(steps) == 2
+    for row in steps:
+        means = {key: value for key, value in row.items() if key.startswith("rewards/")}
+        assert len(means) == 2, sorted(row)
+        digits = next(v for k, v in means.items() if "digit_fraction" in k)
+        length = next(v for k, v in means.items() if "length_and_columns" in k)
+        assert length >= 1  # completion length plus the step: a weight on it shows in the sum
+        assert row["reward_mean"] == pytest.approx(digits + 0.5 * length, rel=1e-6)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (a dead child its new parent has not reaped yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers die with the trainer through Linux's prctl")
+def test_a_reward_worker_stuck_in_c_dies_with_a_killed_trainer(tmp_path):
+    run, marker = tmp_path / "run", tmp_path / "stuck"
+    command = _command(run, f"task.reward={USER_REWARDS}:stuck_from_step_2", "task.reward_timeout_s=600",
+                       "log.plot=false", steps=3)
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "THERMORL_TEST_STUCK": str(marker)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), "the run never reached the stuck reward call"
+        while not marker.read_text() and time.monotonic() < deadline:  # the pid may still be being written
+            time.sleep(0.05)
+        worker = int(marker.read_text())
+        assert worker != process.pid and _alive(worker)
+        process.kill()  # SIGKILL: the trainer gets no chance to kill its workers
+        process.wait(timeout=60)
+        deadline = time.monotonic() + 60  # an upper bound for a busy machine; it is usually immediate
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker), "the reward worker outlived its killed trainer"
+    finally:
+        process.kill()

@@ -69,14 +69,14 @@ def add(a, b=0):
 
 
 def stuck_from_step_2(prompts, completions, trainer_state, **columns):
-    """digit_fraction, but from training step 2 on, with THERMORL_TEST_STUCK naming a marker file, it writes the
-    marker and goes into C for good (a stand-in for a SymPy or regex call that never returns)."""
+    """digit_fraction, but from training step 2 on, with THERMORL_TEST_STUCK naming a marker file, it writes its
+    process id to the marker and goes into C for good (a stand-in for a SymPy or regex call that never returns)."""
     import os
     from pathlib import Path
 
     marker = os.environ.get("THERMORL_TEST_STUCK")
     if marker and trainer_state.global_step >= 2:
-        Path(marker).write_text("stuck")
+        Path(marker).write_text(str(os.getpid()))
         stuck_in_c(prompts, completions)
     return digit_fraction(prompts, completions)
 

@@ -13,6 +13,12 @@ process holding torch's thread pools and CUDA state. A worker loads each functio
 sent with its first call) and keeps it; the pipe between the trainer and its own workers carries
 the call arguments and results pickled by ``multiprocessing`` (no file or data is ever unpickled).
 
+A worker dies with the trainer: a trainer killed outright (SIGKILL, OOM) cannot kill its workers, and one
+stuck in C code never reads the closed pipe, so each worker asks Linux for SIGKILL when its parent exits
+(``prctl(PR_SET_PDEATHSIG)``). Under ``forkserver`` that parent is the fork server, which exits once every
+holder of its "alive" pipe has closed it; the trainer holds one end and multiprocessing hands a copy to each
+child, so a worker closes its copy (else server and worker would each wait for the other to exit).
+
 ``run`` polls ``should_stop`` every ``POLL_S`` seconds while calls run: after a stop request (SIGINT,
 SIGTERM) calls still running ``STOP_GRACE_S`` later are given up (``RewardInterrupted``), their workers
 killed, so a stuck call cannot hold a stop for longer, while a call that is merely slow still finishes
@@ -23,8 +29,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import ctypes
 import multiprocessing
+import multiprocessing.forkserver
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,9 +94,28 @@ def picklable(function: Callable[..., Any]) -> bool:
     return True
 
 
-def _worker_main(conn: Connection) -> None:
+def _die_with_parent(trainer_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent exits (Linux; elsewhere only the closed pipe ends
+    a worker that is waiting for a call), and exit now if the trainer is already gone."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    # multiprocessing's private record of the fork server's alive pipe (None under spawn); a worker starts no
+    # processes of its own, so it has no use for it
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    if getattr(server, "_forkserver_alive_fd", None) is not None:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
+    try:
+        os.kill(trainer_pid, 0)  # the trainer died before the request took effect: nothing would signal us
+    except ProcessLookupError:
+        os._exit(0)
+
+
+def _worker_main(conn: Connection, trainer_pid: int) -> None:
     """Serve calls until the pipe closes: ('call', key, function or None, args, kwargs) -> ('started',), then
     ('ok', value) or ('error', 'Type: message')."""
+    _die_with_parent(trainer_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the trainer handles it
     functions: dict[int, Callable[..., Any]] = {}
     while True:
@@ -133,7 +162,9 @@ class _Running:
 class _Worker:
     def __init__(self, context: Any) -> None:
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child,), daemon=True, name="thermorl-reward")
+        self.process = context.Process(
+            target=_worker_main, args=(child, os.getpid()), daemon=True, name="thermorl-reward"
+        )
         self.process.start()
         child.close()
         self.loaded: set[int] = set()
