@@ -229,3 +229,49 @@ def test_cli_trains_reports_and_generates(tmp_path):
     lines = shown.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == ["sample 1", "sample 2"]
     assert all(line.count("⟨") >= 1 for line in lines)
+
+
+def test_head_loss_rollout_correction_weights_each_token_as_hand_computed():
+    """temperature_policy_loss with importance w_t: L = mean_t -w_t min(rho_t A, clip(rho_t) A), by hand.
+
+    rho = (1, 1.5, 0.5), A = 2, epsilon = 0.2: unweighted terms -2, -2.4 (clipped at 1.2), -1 -> mean -1.8;
+    w = (0.5, 1, 1.5): -(1 + 2.4 + 1.5) / 3 = -4.9 / 3; with the last token masked: -(1 + 2.4) / 2 = -1.7.
+    Gradient w.r.t. log pi: -w_t rho_t A / 3 where unclipped, 0 where clipped: (-1/3, 0, -0.5).
+    """
+    from thermorl.algorithms.hierarchical import temperature_policy_loss
+
+    logprobs = torch.log(torch.tensor([[1.0, 1.5, 0.5]])).requires_grad_(True)
+    old, advantages, mask = torch.zeros(1, 3), torch.tensor([2.0]), torch.ones(1, 3)
+    weights = torch.tensor([[0.5, 1.0, 1.5]])
+    plain, _ = temperature_policy_loss(logprobs, old, advantages, mask, 0.2)
+    assert plain.item() == pytest.approx(-1.8, abs=1e-6)
+    weighted, diagnostics = temperature_policy_loss(logprobs, old, advantages, mask, 0.2, importance=weights)
+    assert weighted.item() == pytest.approx(-4.9 / 3, abs=1e-6)
+    assert diagnostics["is_weight_mean"].item() == pytest.approx(1.0, abs=1e-6)
+    weighted.backward()
+    assert torch.allclose(logprobs.grad, torch.tensor([[-1 / 3, 0.0, -0.5]]), atol=1e-6)
+    masked, _ = temperature_policy_loss(logprobs, old, advantages, torch.tensor([[1.0, 1.0, 0.0]]), 0.2, importance=weights)
+    assert masked.item() == pytest.approx(-1.7, abs=1e-6)
+    ones, _ = temperature_policy_loss(logprobs, old, advantages, mask, 0.2, importance=torch.ones(1, 3))
+    assert ones.item() == pytest.approx(plain.item(), abs=1e-7)  # weights of 1 change nothing
+
+
+def test_controller_passes_the_recorded_head_weights_to_its_loss():
+    """actions.is_weight (the head's rollout correction) scales the controller's policy-gradient term."""
+    import dataclasses
+
+    from thermorl.temperature.base import TemperatureActions
+
+    controller = _controller(schedule="joint")
+    hidden = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        u = controller.head(hidden)
+    gate = torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0, 1.0]])
+    z = torch.full((2, 5), 0.3) * gate
+    actions = TemperatureActions(logprob=temperature_logprob(u, gate, z, controller.config.eps), gate=gate, z=z)
+    advantages, mask = torch.tensor([1.0, -0.5]), torch.ones(2, 5)
+    _, plain = controller.policy_loss(hidden, actions, advantages, mask, 0)
+    _, doubled = controller.policy_loss(hidden, dataclasses.replace(actions, is_weight=2 * mask), advantages, mask, 0)
+    assert plain["temp_pg_loss"] != 0
+    assert doubled["temp_pg_loss"] == pytest.approx(2 * plain["temp_pg_loss"], rel=1e-6)
+    assert doubled["temp_is_weight_mean"] == pytest.approx(2.0) and "temp_is_weight_mean" not in plain

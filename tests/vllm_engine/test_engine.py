@@ -85,6 +85,29 @@ def test_truncated_sampling_logprobs_match_recomputation(vllm_setup, name, top_k
         assert batch.temperatures[valid].unique().numel() > 3
 
 
+def test_head_rollout_correction_weights_are_recorded_and_near_one(vllm_setup):
+    """The head's TIS weights min(pi_head_trainer / pi_head_engine, C): recomputed, carried to the head's
+    loss (logged as temp_is_weight_mean) and ~1 since the engine runs the trainer's head."""
+    from thermorl.engines.vllm import recompute
+
+    _, components, engine = vllm_setup
+    controller = components.controller
+    prompt_ids, prompt_mask = prompts(components)
+    batch = engine.sample(controller, prompt_ids, prompt_mask, 24, torch.Generator().manual_seed(2))
+    mask = batch.completion_mask
+    unweighted, _, _ = recompute(components.policy, controller, batch)
+    assert unweighted.actions.is_weight is None  # rollout_is=none: no head correction
+    corrected, _, metrics = recompute(components.policy, controller, batch, is_cap=2.0)
+    weights = corrected.actions.is_weight
+    assert weights.shape == mask.shape and torch.all(weights[mask == 0] == 0)
+    assert ((weights - 1.0).abs() * mask).max().item() < 1e-3
+    assert metrics["rollout_head_logprob_diff_max"] < 1e-3
+    advantages = torch.linspace(-1, 1, len(batch))
+    assert controller.trains_head(0)
+    _, logged = controller.policy_loss(score(components.policy, batch).hidden, corrected.actions, advantages, mask, 0)
+    assert abs(logged["temp_is_weight_mean"] - 1.0) < 1e-3
+
+
 def test_same_seed_same_completions(vllm_setup):
     """Per-request seeds from the run's stream: the same generator state samples the same batch."""
     _, components, engine = vllm_setup

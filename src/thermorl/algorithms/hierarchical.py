@@ -134,16 +134,23 @@ def temperature_policy_loss(
     entropy_coef: float = 0.0,
     kl_to_initial: Tensor | None = None,
     kl_coef: float = 0.0,
+    importance: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped temperature-policy loss with the token policy's group advantages, token mean.
 
     rho_t = exp(log pi_phi(tau_t) - log pi_phi_old(tau_t));
-    L = mean_t -min(rho_t A_i, clip(rho_t, 1 - epsilon, 1 + epsilon) A_i) - entropy_coef * mean_t H_t
+    L = mean_t -w_t min(rho_t A_i, clip(rho_t, 1 - epsilon, 1 + epsilon) A_i) - entropy_coef * mean_t H_t
         + kl_coef * mean_t KL(pi_phi(. | h_t) || pi_phi0)
     (the last term a trust region to the initial temperature policy, ``hybrid_kl`` / ``bins_kl``).
-    Returns the loss and detached diagnostics (pg loss, clip fraction, approx KL, entropy, KL to pi_phi0).
+    w_t = 1, or with ``importance`` the rollout correction of an engine that sampled the head's actions
+    (vLLM): w_t = min(pi_phi_old(tau_t | h_t) / pi_phi_engine(tau_t | h_t), C)
+    (``grpo.truncated_importance_weights``, detached), the LM's truncated importance sampling applied to the head.
+    Returns the loss and detached diagnostics (pg loss, clip fraction, approx KL, entropy, KL to pi_phi0,
+    and the mean weight ``is_weight_mean`` when weighted).
     """
     pg, clipped = clipped_policy_loss(logprobs, old_logprobs, advantages, epsilon, epsilon)
+    if importance is not None:
+        pg = pg * importance.detach()
     pg_loss = aggregate(pg, mask)
     loss = pg_loss
     diagnostics = {
@@ -151,6 +158,8 @@ def temperature_policy_loss(
         "clip_fraction": aggregate(clipped, mask),
         "approx_kl": approx_kl(logprobs.detach(), old_logprobs, mask),
     }
+    if importance is not None:
+        diagnostics["is_weight_mean"] = aggregate(importance.detach(), mask)
     if entropy is not None:
         mean_entropy = aggregate(entropy, mask)
         loss = loss - entropy_coef * mean_entropy

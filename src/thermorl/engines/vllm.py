@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from thermorl.algorithms.grpo import truncated_importance_weights
 from thermorl.algorithms.hierarchical import bins_logprob, temperature_logprob
 from thermorl.config import RolloutConfig
 from thermorl.engines.base import RolloutBatch
@@ -91,14 +92,16 @@ def check_supported(config: Any) -> None:
 
 @torch.no_grad()
 def recompute(
-    policy: Policy, controller: TemperatureController, batch: RolloutBatch
+    policy: Policy, controller: TemperatureController, batch: RolloutBatch, is_cap: float | None = None
 ) -> tuple[RolloutBatch, Tensor, dict[str, float]]:
     """The trainer's log-probs of an engine's batch at its recorded temperatures, and the mismatch.
 
     Returns the batch with the trainer's entropies (vLLM returns none) and, for the introspective
-    head, the trainer's log-prob of each recorded head action as ``actions.logprob`` (the head's pi_old);
-    the trainer's token log-probs; and per-step mismatch metrics: mean and max |log pi_trainer -
-    log pi_engine| and the largest and smallest ratio pi_trainer / pi_engine over generated tokens.
+    head, the trainer's log-prob of each recorded head action as ``actions.logprob`` (the head's pi_old)
+    and, with ``is_cap`` (algorithm.rollout_is=tis), the head's rollout correction
+    ``actions.is_weight`` = min(pi_head_trainer / pi_head_engine, is_cap); the trainer's token log-probs;
+    and per-step mismatch metrics: mean and max |log pi_trainer - log pi_engine| and the largest and
+    smallest ratio pi_trainer / pi_engine over generated tokens.
     """
     scored = score(policy, batch)
     mask = batch.completion_mask.bool()
@@ -111,7 +114,10 @@ def recompute(
         else:
             head_logprobs = temperature_logprob(u, actions.gate, actions.z, controller.config.eps)
         metrics.update(_mismatch("rollout_head", head_logprobs[mask], actions.logprob[mask]))
-        actions = dataclasses.replace(actions, logprob=head_logprobs.float() * batch.completion_mask)
+        weights = None
+        if is_cap is not None:
+            weights = truncated_importance_weights(head_logprobs.float(), actions.logprob, is_cap) * batch.completion_mask
+        actions = dataclasses.replace(actions, logprob=head_logprobs.float() * batch.completion_mask, is_weight=weights)
     return dataclasses.replace(batch, entropies=scored.entropies, actions=actions), scored.logprobs, metrics
 
 

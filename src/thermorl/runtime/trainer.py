@@ -45,7 +45,7 @@ from thermorl.runtime.resume import GracefulStop, LoopState, find_resume_point, 
 from thermorl.runtime.runlock import RunLock
 from thermorl.runtime.dynamic_sampling import sample_and_score
 from thermorl.runtime.tracking import RunLogger, RunSummary, build_trackers, prepare_run_dir, release
-from thermorl.runtime.update import batch_statistics, grpo_update
+from thermorl.runtime.update import batch_statistics, grpo_update, rollout_is
 from thermorl.study.evaluate import evaluate_policy
 from thermorl.tasks.base import token_classes
 
@@ -192,7 +192,8 @@ def train_step(
     batch, problems, texts, scores, sampling = sample_and_score(c, config, state, step, problems)
     trainer_logprobs, mismatch = None, {}
     if not getattr(c.engine, "exact_logprobs", True):  # vLLM: the trainer's own log-probs and the gap
-        batch, trainer_logprobs, mismatch = recompute(c.policy, c.controller, batch)
+        head_cap = algo.rollout_is_cap if rollout_is(config) == "tis" else None  # the head's rollout correction
+        batch, trainer_logprobs, mismatch = recompute(c.policy, c.controller, batch, head_cap)
     # a sample no reward function rewarded (None) is NaN here: the advantage leaves it out
     rewards = torch.tensor([math.nan if r is None else r for r in scores.total], device=c.policy.device)
     advantages = estimate_advantages(algo.advantage, rewards, batch.group_ids)

@@ -33,6 +33,9 @@ class TemperatureActions:
     gate: Tensor | None = None  # Beta head: 1 where the gate fired (a new temperature was drawn)
     z: Tensor | None = None  # Beta head: the unit draw z_t in [0, 1] (0 where the gate did not fire)
     bin: Tensor | None = None  # bins head: index of the chosen temperature
+    # rollout correction of the head when another engine sampled it (vLLM, algorithm.rollout_is=tis):
+    # min(pi_phi_trainer(action) / pi_phi_engine(action), algorithm.rollout_is_cap) per token
+    is_weight: Tensor | None = None
 
     def present(self) -> dict[str, Tensor]:
         """The fields this controller filled, by name."""

@@ -225,7 +225,7 @@ class IntrospectiveController(TemperatureController):
             kl = hybrid_kl(u, u0, self.config.eps)
         loss, diagnostics = temperature_policy_loss(
             logprobs, actions.logprob, advantages, mask, self.config.epsilon, entropy,
-            self.config.entropy_coef, kl, self.config.kl_coef,
+            self.config.entropy_coef, kl, self.config.kl_coef, importance=actions.is_weight,
         )
         metrics.update({f"temp_{name}": value.item() for name, value in diagnostics.items()})
         return loss, metrics
