@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from thermorl.algorithms.grpo import groups_with_spread
@@ -38,6 +39,17 @@ def test_batches_of_different_shapes_join_with_padding_that_changes_nothing():
     assert joined.completion_mask[:2].tolist() == [[1.0, 1.0, 0.0, 0.0]] * 2
     assert joined.temperatures[0].tolist() == [0.5, 0.5, 1.0, 1.0] and joined.logprobs[2].tolist() == [-0.75] * 4
     assert joined.actions.gate[0].tolist() == [1.0, 1.0, 0.0, 0.0] and joined.group_ids.tolist() == [0, 1, 0]
+
+
+def test_batches_of_different_controllers_or_truncations_are_refused():
+    plain = _batch(3, 2, 2, 0.5)
+    plain.actions = TemperatureActions()
+    with pytest.raises(ValueError, match="different controllers or truncations"):
+        concat_batches([_batch(3, 2, 2, 0.5), plain], pad_id=0)
+    truncated = _batch(3, 2, 2, 0.5)
+    truncated.top_p = 0.9
+    with pytest.raises(ValueError, match="different controllers or truncations"):
+        concat_batches([_batch(3, 2, 2, 0.5), truncated], pad_id=0)
 
 
 def test_a_run_with_dynamic_sampling_trains_on_groups_whose_rewards_differ(tmp_path):

@@ -109,7 +109,9 @@ def concat_batches(batches: Sequence[RolloutBatch], pad_id: int) -> RolloutBatch
     def cat(name: str, pad, value: float) -> Tensor:
         return torch.cat([pad(getattr(b, name), value) for b in batches])
 
-    names = set.intersection(*(set(b.actions.present()) for b in batches))
+    names = set(batches[0].actions.present())
+    if any(set(b.actions.present()) != names for b in batches) or len({(b.top_k, b.top_p) for b in batches}) > 1:
+        raise ValueError("concat_batches: the batches were sampled with different controllers or truncations")
     actions = {n: torch.cat([right(b.actions.present()[n], 0) for b in batches]) for n in names}
     return RolloutBatch(
         cat("prompt_ids", left, pad_id), cat("prompt_mask", left, 0), cat("completion_ids", right, pad_id),
