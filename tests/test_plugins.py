@@ -124,3 +124,58 @@ def test_the_run_clamp_reaches_training_the_report_and_benchmark_evaluation(plug
         progress_enabled=False, on_batch=lambda batch: seen.append(batch.temperatures[batch.completion_mask > 0]),
     )
     assert seen and {round(t, 4) for part in seen for t in part.tolist()} == {0.9}
+
+
+@dataclass
+class GreedyEngineConfig:
+    max_rows: int = doc("Most rows it samples in one call.", 64)
+
+    def validate(self) -> None:
+        if self.max_rows <= 0:
+            raise ConfigError(f"rollout.greedy_only.max_rows must be > 0, got {self.max_rows}")
+
+
+def test_an_engine_registers_with_its_config_section():
+    """An engine is one registration: `rollout.engine=<name>` builds it, `rollout.<name>.*` is its typed
+    section (validated, errors naming the field); the built-in vLLM section lives in engines/vllm.py and
+    loading a config does not import vllm."""
+    import subprocess
+    import sys
+
+    from thermorl.config.registry import ENGINES
+    from thermorl.engines import HFEngine, build_engine
+    from thermorl.engines.vllm import VLLMConfig
+    from thermorl.models.policy import load_policy
+
+    class GreedyOnly(HFEngine):
+        name = "greedy_only"
+
+        def __init__(self, policy, config, controller=None):
+            super().__init__(policy, config)
+            self.section = config.greedy_only
+
+        def generate(self, prompts, controller, generator, **kwargs):
+            return super().generate(prompts[: self.section.max_rows], controller, generator, **{**kwargs, "greedy": True})
+
+    ENGINES.register("greedy_only", GreedyEngineConfig)(GreedyOnly)
+    try:
+        assert ENGINES["vllm"].config is VLLMConfig and ENGINES["hf"].config is None
+        config = load_config(None, [*TINY, "rollout.engine=greedy_only", "rollout.greedy_only.max_rows=3"])
+        assert config.rollout.greedy_only.max_rows == 3 and config.rollout.vllm.max_model_len == 4096
+        with pytest.raises(ConfigError, match="rollout.greedy_only.max_rows must be > 0"):
+            load_config(None, [*TINY, "rollout.greedy_only.max_rows=0"])
+        with pytest.raises(ConfigError, match="unknown config key rollout.greedy_only.nope"):
+            load_config(None, [*TINY, "rollout.greedy_only.nope=1"])
+        with pytest.raises(ConfigError, match="rollout.engine must be one of 'hf', 'vllm', 'greedy_only', got 'x'"):
+            load_config(None, [*TINY, "rollout.engine=x"])
+        policy = load_policy(config.model)
+        engine = build_engine(config.rollout, policy)
+        assert isinstance(engine, GreedyOnly)
+        controller = WaveController(WaveConfig(), None)
+        batch = engine.generate(["3,7,2>23:"] * 5, controller, None)
+        assert len(batch) == 3
+    finally:
+        del ENGINES["greedy_only"]
+    code = ("import sys; from thermorl.config import load_config; c = load_config(None, ['rollout.vllm.max_model_len=99']); "
+            "assert c.rollout.vllm.max_model_len == 99; print('vllm' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -15,7 +15,7 @@ from typing import Any
 from thermorl.config import loader
 from thermorl.config.fields import doc
 from thermorl.config.loader import dump_config, from_dict, to_dict
-from thermorl.config.registry import ADVANTAGES, AGGREGATIONS, CONTROLLERS
+from thermorl.config.registry import ADVANTAGES, AGGREGATIONS, CONTROLLERS, ENGINES
 from thermorl.config.schema import (
     MAX_TASK_NUMBER,
     AlgorithmConfig,
@@ -26,7 +26,6 @@ from thermorl.config.schema import (
     TaskConfig,
     TemperatureConfig,
     TrainConfig,
-    VLLMConfig,
 )
 
 __all__ = [
@@ -43,10 +42,15 @@ _CONTROLLER_SECTIONS = {  # the built-in controllers' sections, defined in their
 }
 
 
+_ENGINE_SECTIONS = {"VLLMConfig": "vllm"}  # the built-in engines' sections, defined in their files (thermorl.engines.*)
+
+
 def __getattr__(name: str) -> Any:
-    """``from thermorl.config import FixedConfig`` etc.: the config class a built-in controller registered."""
+    """``from thermorl.config import FixedConfig`` etc.: the config class a built-in controller (or engine) registered."""
     if name in _CONTROLLER_SECTIONS:
         return CONTROLLERS[_CONTROLLER_SECTIONS[name]].config
+    if name in _ENGINE_SECTIONS:
+        return ENGINES[_ENGINE_SECTIONS[name]].config
     raise AttributeError(f"module 'thermorl.config' has no attribute {name!r}")
 
 

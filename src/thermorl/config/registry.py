@@ -97,3 +97,10 @@ def _builtin_objective_parts() -> None:
 
 ADVANTAGES = Registry("algorithm.advantage", _builtin_objective_parts)
 AGGREGATIONS = Registry("algorithm.loss_aggregation", _builtin_objective_parts)
+
+
+def _builtin_engines() -> None:
+    import thermorl.engines  # noqa: F401  (each engine module registers itself on import; vllm is imported lazily)
+
+
+ENGINES = Registry("rollout.engine", _builtin_engines)

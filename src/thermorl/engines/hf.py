@@ -29,6 +29,7 @@ from thermorl.algorithms.logprobs import (
     sampling_log_softmax,
 )
 from thermorl.config import RolloutConfig
+from thermorl.config.registry import ENGINES
 from thermorl.engines.base import RolloutBatch, positions_from_mask
 from thermorl.errors import NonFiniteError
 from thermorl.models.policy import Policy
@@ -176,6 +177,7 @@ def sample(
     )
 
 
+@ENGINES.register("hf")
 class HFEngine:
     """The in-process sampler over the training model itself (``rollout.engine: hf``).
 
@@ -186,7 +188,9 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, policy: Policy, config: RolloutConfig) -> None:
+    def __init__(self, policy: Policy, config: RolloutConfig, controller: TemperatureController | None = None) -> None:
+        """``controller`` is accepted as every engine is built (``build_engine``); this sampler asks the
+        controller at each step instead of building it in."""
         self.policy = policy
         self.config = config
 

@@ -29,7 +29,8 @@ import random
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -37,6 +38,8 @@ from torch import Tensor
 from thermorl.algorithms.grpo import truncated_importance_weights
 from thermorl.algorithms.hierarchical import bins_logprob, temperature_logprob
 from thermorl.config import RolloutConfig
+from thermorl.config.fields import doc, positive
+from thermorl.config.registry import ENGINES
 from thermorl.engines.base import RolloutBatch
 from thermorl.engines.hf import decode_completions, encode_prompts, score, stop_token_ids
 from thermorl.errors import ConfigError
@@ -62,7 +65,42 @@ def _vllm_model_class(architecture: str) -> type:
     from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM
 
     return Qwen3ForCausalLM
+
+
 _HEAD_SEED_OFFSET = 0x5EED_4EAD  # keeps the head's request seeds apart from the token sampler's
+
+
+@dataclass
+class VLLMConfig:
+    """The ``rollout.vllm`` section: settings of the vLLM engine (registered with it, below)."""
+
+    dtype: Literal["auto", "float32", "bfloat16"] = doc(
+        "Weights and activations of the vLLM engine; 'auto' = the policy's dtype (model.dtype).", "auto"
+    )
+    kv_cache_gib: int = doc("CPU: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE, unless already set).", 1)
+    gpu_memory_utilization: float = doc(
+        "GPU: fraction of GPU memory vLLM may take (weights + KV cache); the trainer needs the rest. "
+        "On CPU vLLM reads it as the fraction of host memory it may reserve.", 0.3
+    )
+    enforce_eager: bool = doc("Run vLLM eagerly (no torch.compile / CUDA graphs): faster start, slower decode.", True)
+    sleep_between_steps: bool = doc(
+        "GPU: put the engine to sleep (weights offloaded, KV cache freed) during each update and wake it for the "
+        "next rollout. vLLM's CPU backend has no sleep mode.", False
+    )
+    max_num_seqs: int = doc("Most sequences vLLM decodes at once.", 256)
+    max_model_len: int = doc("Longest prompt + completion the engine serves (capped at the model's positions).", 4096)
+    prefix_caching: bool = doc("Share the KV cache of identical prompt prefixes (a GRPO group's prompt).", True)
+    cpu_cores: str = doc(
+        "CPU: cores vLLM binds its threads to (VLLM_CPU_OMP_THREADS_BIND, e.g. '0-1'); '' = the first "
+        "train.threads cores. In-process, the trainer then runs on these threads too.", ""
+    )
+
+    def validate(self) -> None:
+        positive(self, "kv_cache_gib", "max_num_seqs", "max_model_len", section="rollout.vllm")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(
+                f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
 
 
 def vllm_available() -> bool:
@@ -168,6 +206,7 @@ def merged_weights(policy: Policy) -> Iterator[tuple[str, Tensor]]:
         yield clean, tensor.detach()
 
 
+@ENGINES.register("vllm", VLLMConfig)
 class VLLMEngine:
     """Samples ``RolloutBatch`` es with vLLM; ``sync`` after each optimizer step."""
 
