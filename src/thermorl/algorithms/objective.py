@@ -6,7 +6,8 @@ not a branch in the trainer.
 
     rho_t  = exp(log pi(y_t | tau_t) - log pi_old(y_t | tau_t))                      (tau_t: the sampled temperature)
     l_t    = -min(rho_t A, clip(rho_t, 1 - eps_low, 1 + eps_high) A) * m_t * w_t       (m: top-entropy mask, w: TIS)
-    L      = agg_t(l_t + beta KL_t(pi || pi_ref)) * s                                 (s: data-parallel token share)
+    L      = agg_t(l_t + beta KL_t(pi || pi_ref) - c_H H_t) * s                       (s: data-parallel token share,
+                                                                                       H_t: entropy of pi(. | tau_t))
 """
 
 from __future__ import annotations
