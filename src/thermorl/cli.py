@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from thermorl.config.registry import CONTROLLERS, TASKS
+from thermorl.config.registry import CONTROLLERS, ENGINES, TASKS
 from thermorl.errors import ThermoRLError
 
 app = typer.Typer(
@@ -328,7 +328,10 @@ def show_config() -> None:
             help_text = f"{help_text} Registered: {', '.join(CONTROLLERS)}."
         if name == "task.name":
             help_text = f"{help_text} Registered: {', '.join(TASKS)}."
-        table.add_row(name, repr(default), help_text)
+        if name == "rollout.engine":
+            help_text = f"{help_text} Registered: {', '.join(ENGINES)}."
+        # escaped: help texts and defaults hold brackets (pip extras, lists) that rich would read as markup
+        table.add_row(name, rich.markup.escape(repr(default)), rich.markup.escape(help_text))
     Console(width=200).print(table)
 
 
