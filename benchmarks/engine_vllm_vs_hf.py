@@ -125,26 +125,51 @@ def step_pairs(args: argparse.Namespace, controller: str) -> dict:
         configs[engine] = load_config(None, overrides(args, controller) + [f"rollout.engine={engine}"])
         components[engine] = build_components(configs[engine], policy=copy.deepcopy(policy))
     states = {e: LoopState.fresh(0, torch.device("cpu")) for e in components}
+    parts: dict[str, dict[str, float]] = {e: {"rollout": 0.0, "sync": 0.0} for e in components}
+    for engine, c in components.items():  # the CPU time of the rollout and of the weight sync inside each step
+        for part, method in (("rollout", "generate"), ("sync", "sync_weights")):
+            setattr(c.engine, method, _cpu_timed(getattr(c.engine, method), parts[engine], part))
     problems = components["hf"].task.train_problems(random.Random(1), args.prompts * (args.step_repeats + 1))
     times: dict[str, list[float]] = {"hf": [], "vllm": []}
     walls: dict[str, list[float]] = {"hf": [], "vllm": []}
+    split: dict[str, dict[str, list[float]]] = {e: {"rollout": [], "sync": [], "rest": []} for e in components}
     for round_ in range(args.step_repeats + 1):  # the first round warms up
         batch = [p for p in problems[round_ * args.prompts : (round_ + 1) * args.prompts] for _ in range(args.group)]
         for engine in (["hf", "vllm"] if round_ % 2 == 0 else ["vllm", "hf"]):
+            parts[engine].update(rollout=0.0, sync=0.0)
             begin, cpu = time.perf_counter(), time.process_time()
             train_step(components[engine], configs[engine], states[engine], round_ + 1, batch)
             if round_:
                 times[engine].append(time.process_time() - cpu)
                 walls[engine].append(time.perf_counter() - begin)
+                for part in ("rollout", "sync"):
+                    split[engine][part].append(round(parts[engine][part], 2))
+                split[engine]["rest"].append(round(times[engine][-1] - parts[engine]["rollout"] - parts[engine]["sync"], 2))
     ratios = [h / v for h, v in zip(times["hf"], times["vllm"])]
     components["vllm"].engine.close()
     result = {
         "hf_step_cpu_s": [round(t, 2) for t in times["hf"]], "vllm_step_cpu_s": [round(t, 2) for t in times["vllm"]],
         "hf_step_wall_s": [round(t, 2) for t in walls["hf"]], "vllm_step_wall_s": [round(t, 2) for t in walls["vllm"]],
         "paired_speedups": [round(r, 3) for r in ratios], "speedup": round(statistics.median(ratios), 3),
+        # CPU s per step: the engine's rollout, its weight sync, and the rest (reward, the trainer's
+        # recomputation for vLLM, the update)
+        "split_cpu_s": split,
     }
     print("step", controller, result, flush=True)
     return result
+
+
+def _cpu_timed(method, totals: dict[str, float], part: str):
+    """``method`` adding its CPU time to ``totals[part]`` at every call."""
+
+    def timed(*args, **kwargs):
+        begin = time.process_time()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            totals[part] += time.process_time() - begin
+
+    return timed
 
 
 def main() -> None:
