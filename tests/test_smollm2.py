@@ -95,8 +95,9 @@ def test_b_c_two_introspective_grpo_steps_then_reload_the_checkpoint(gguf_policy
     run = tmp_path / "run"
     dense = tmp_path / "dense_reward.py"  # 2 prompts x 2 samples of a 135M model: math rewards are all 0
     dense.write_text(
-        "def digit_fraction(prompts, completions, **columns):\n"
-        "    return [sum(c.isdigit() for c in text) / max(len(text), 1) for text in completions]\n"
+        "def digit_fraction(prompts, completions, **columns):\n"  # TRL's form: the chat model's completions are
+        "    texts = [c[0]['content'] if isinstance(c, list) else c for c in completions]\n"  # assistant messages
+        "    return [sum(ch.isdigit() for ch in text) / max(len(text), 1) for text in texts]\n"
     )
     config = load_config(None, [
         f"model.path={_gguf_file()}", "model.device=cpu", "task.name=math", "task.dataset=gsm8k_train",
@@ -113,6 +114,7 @@ def test_b_c_two_introspective_grpo_steps_then_reload_the_checkpoint(gguf_policy
     assert [row["step"] for row in rows] == [0, 1, 2]
     for row in rows[1:]:
         assert math.isfinite(row["loss"]) and math.isfinite(row["temp_pg_loss"]), row
+        assert row["reward_errors"] == 0, row  # the reward really scored (an error scores 0 and moves nothing)
 
     checkpoint = run / "checkpoints" / "step-000002"
     started = time.time()
