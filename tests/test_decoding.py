@@ -121,6 +121,7 @@ def test_truncated_completions_are_left_out_of_the_loss():
     c, batch, masked = _update("algorithm.mask_truncated_completions=true")
     cut = truncated_completions(c.policy, batch, 14)
     assert cut.any() and not cut.all(), "the batch needs both kinds of completion"
+    assert masked["truncated_fraction"] == pytest.approx(cut.float().mean().item())
     _, _, only_finished = _update(keep_rows=(~cut).nonzero().squeeze(-1))
     assert masked["pg_loss"] == pytest.approx(only_finished["pg_loss"], rel=1e-6, abs=1e-9)
 

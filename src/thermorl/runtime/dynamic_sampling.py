@@ -81,7 +81,7 @@ def _round(c: Components, state: LoopState, step: int, problems: list, group_siz
 def _split(batch, problems, texts, scores, group_size, kept, dropped) -> None:
     """Append each group of the batch, as (rows, problems, texts, totals, per-function values), to
     ``kept`` when its rewards differ, else to ``dropped``."""
-    rewards = torch.tensor([math.nan if r is None else r for r in scores.total])
+    rewards = torch.tensor(scores.values(missing=math.nan))
     spread = groups_with_spread(rewards, batch.group_ids.cpu())
     for first in range(0, len(problems), group_size):
         rows = slice(first, first + group_size)

@@ -33,7 +33,7 @@ from thermorl.algorithms.objective import advantages as estimate_advantages
 from thermorl.algorithms.schedule import lr_factor
 from thermorl.config import Config, to_dict
 from thermorl.engines import HFEngine, RolloutBatch
-from thermorl.engines.hf import stop_token_ids, truncated_completions
+from thermorl.engines.hf import stop_token_ids
 from thermorl.engines.vllm import recompute
 from thermorl.rewards.pool import RewardInterrupted
 from thermorl.errors import NonFiniteError, ThermoRLError, TrainingDivergedError
@@ -195,14 +195,12 @@ def train_step(
         head_cap = algo.rollout_is_cap if rollout_is(config) == "tis" else None  # the head's rollout correction
         batch, trainer_logprobs, mismatch = recompute(c.policy, c.controller, batch, head_cap)
     # a sample no reward function rewarded (None) is NaN here: the advantage leaves it out
-    rewards = torch.tensor([math.nan if r is None else r for r in scores.total], device=c.policy.device)
+    rewards = torch.tensor(scores.values(missing=math.nan), device=c.policy.device)
     advantages = estimate_advantages(algo.advantage, rewards, batch.group_ids)
     metrics = {"step": step, **batch_statistics(*gather_batch(c.dist, batch, rewards), rollout.group_size)}
     metrics.update(sampling)  # dynamic sampling's rounds and groups, when it is on
     if len(c.reward.functions) > 1:
         metrics.update(scores.function_means())
-    if config.algorithm.mask_truncated_completions:
-        metrics["truncated_fraction"] = truncated_completions(c.policy, batch, rollout.max_new_tokens).float().mean().item()
     lr = algo.lr * lr_factor(step, config.train.steps, algo.warmup_steps, algo.lr_schedule)
     for group in c.lm_optimizer.param_groups:
         group["lr"] = lr

@@ -59,9 +59,10 @@ def grpo_update(
             ref_logprobs = score(c.reference, batch).logprobs
 
     pg_mask = high_entropy_mask(batch.entropies, batch.completion_mask, algo.top_entropy_fraction)
-    kept = None  # DAPO's overlong filtering: completions cut at max_new_tokens weigh nothing in the loss
+    kept, overlong = None, {}  # DAPO's overlong filtering: completions cut at max_new_tokens weigh nothing
     if algo.mask_truncated_completions:
         kept = (~truncated_completions(c.policy, batch, config.rollout.max_new_tokens)).float()
+        overlong = {"truncated_fraction": 1.0 - kept.mean().item()}
     totals: dict[str, float] = {}
     updates = lm_steps = head_steps = 0
     logits_for_controller = []
@@ -108,7 +109,10 @@ def grpo_update(
         _reassemble(logits_for_controller, len(batch)),
     )
     c.dist.sync_controller(c.controller)
-    return {**{key: value / updates for key, value in totals.items()}, "lm_steps": lm_steps, "head_steps": head_steps}
+    return {
+        **{key: value / updates for key, value in totals.items()}, **overlong,
+        "lm_steps": lm_steps, "head_steps": head_steps,
+    }
 
 
 def _optimizer_step(c: Components, loss: torch.Tensor, trains_lm: bool, trains_head: bool, max_norm: float) -> dict:
