@@ -11,6 +11,7 @@ the step logs how many rounds it used and how many groups it dropped and used to
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,8 +23,28 @@ from thermorl.runtime import fsdp
 
 if TYPE_CHECKING:
     from thermorl.config import Config
-    from thermorl.runtime.resume import LoopState
     from thermorl.runtime.components import Components
+    from thermorl.runtime.resume import LoopState
+
+
+def draw_groups(c: Components, config: Config, state: LoopState) -> list:
+    """This process's whole groups of a new global batch: ``prompts_per_step`` problems from the run's data
+    stream, each repeated ``group_size`` times, in order."""
+    rollout = config.rollout
+    return c.dist.shard([
+        p for p in c.task.train_problems(state.data_rng, rollout.prompts_per_step) for _ in range(rollout.group_size)
+    ])
+
+
+@dataclass
+class _Group:
+    """One GRPO group of a round: its rows of the batch, problems, texts and rewards (total and per function)."""
+
+    rows: RolloutBatch
+    problems: list
+    texts: list[str]
+    total: list[float | None]
+    per_function: dict[str, list[float | None]]
 
 
 def sample_and_score(
@@ -37,16 +58,14 @@ def sample_and_score(
     if not rollout.dynamic_sampling:
         return batch, problems, texts, scores, {}
     wanted = len(problems) // rollout.group_size
-    kept: list[tuple] = []
-    dropped: list[tuple] = []
+    kept: list[_Group] = []
+    dropped: list[_Group] = []
     _split(batch, problems, texts, scores, rollout.group_size, kept, dropped)
     rounds = 0
     # every process rolls out as many rounds (the rollouts hold collectives): while any one needs groups
     while rounds < rollout.dynamic_sampling_max_rounds and c.dist.any_process(len(kept) < wanted):
         rounds += 1
-        more = c.dist.shard([
-            p for p in c.task.train_problems(state.data_rng, rollout.prompts_per_step) for _ in range(rollout.group_size)
-        ])
+        more = draw_groups(c, config, state)
         batch, texts, scores = _round(c, state, step, more, rollout.group_size)
         _split(batch, more, texts, scores, rollout.group_size, kept, dropped)
     chosen = (kept + dropped)[:wanted]
@@ -54,14 +73,13 @@ def sample_and_score(
         "dynamic_sampling_rounds": rounds, "dynamic_sampling_dropped_groups": len(dropped),
         "dynamic_sampling_filled_groups": max(0, wanted - len(kept)),
     }
-    pad_id = c.policy.tokenizer.pad_token_id
-    batch = concat_batches([part for part, *_ in chosen], pad_id)
+    batch = concat_batches([group.rows for group in chosen], c.policy.tokenizer.pad_token_id)
     batch.group_ids = torch.arange(len(batch), device=batch.group_ids.device) // rollout.group_size
-    problems = [p for _, group_problems, _, _, _ in chosen for p in group_problems]
-    texts = [t for _, _, group_texts, _, _ in chosen for t in group_texts]
+    problems = [p for group in chosen for p in group.problems]
+    texts = [t for group in chosen for t in group.texts]
     scores = RewardScores(
-        [v for *_, total, _ in chosen for v in total],
-        {name: [v for *_, per in chosen for v in per[name]] for name in chosen[0][4]},
+        [v for group in chosen for v in group.total],
+        {name: [v for group in chosen for v in group.per_function[name]] for name in chosen[0].per_function},
     )
     return batch, problems, texts, scores, metrics
 
@@ -78,14 +96,13 @@ def _round(c: Components, state: LoopState, step: int, problems: list, group_siz
     return batch, texts, scores
 
 
-def _split(batch, problems, texts, scores, group_size, kept, dropped) -> None:
-    """Append each group of the batch, as (rows, problems, texts, totals, per-function values), to
-    ``kept`` when its rewards differ, else to ``dropped``."""
+def _split(batch, problems, texts, scores, group_size, kept: list[_Group], dropped: list[_Group]) -> None:
+    """Append each group of the batch to ``kept`` when its rewards differ, else to ``dropped``."""
     rewards = torch.tensor(scores.values(missing=math.nan))
     spread = groups_with_spread(rewards, batch.group_ids.cpu())
     for first in range(0, len(problems), group_size):
         rows = slice(first, first + group_size)
         index = torch.arange(first, first + group_size, device=batch.group_ids.device)
-        part = (batch.select(index), problems[rows], texts[rows], scores.total[rows],
-                {name: values[rows] for name, values in scores.per_function.items()})
-        (kept if bool(spread[first]) else dropped).append(part)
+        group = _Group(batch.select(index), problems[rows], texts[rows], scores.total[rows],
+                       {name: values[rows] for name, values in scores.per_function.items()})
+        (kept if bool(spread[first]) else dropped).append(group)

@@ -43,7 +43,7 @@ from thermorl.runtime.components import Components, build_components, load_for_e
 from thermorl.runtime.distributed import gather_batch
 from thermorl.runtime.resume import GracefulStop, LoopState, find_resume_point, restore, rewind_run_dir
 from thermorl.runtime.runlock import RunLock
-from thermorl.runtime.dynamic_sampling import sample_and_score
+from thermorl.runtime.dynamic_sampling import draw_groups, sample_and_score
 from thermorl.runtime.tracking import RunLogger, RunSummary, build_trackers, prepare_run_dir, release
 from thermorl.runtime.update import batch_statistics, grpo_update, rollout_is
 from thermorl.study.evaluate import evaluate_policy
@@ -116,7 +116,7 @@ def train(config: Config, out_dir: Path, progress: Any = None, resume: bool = Fa
 def _train_loop(
     c: Components, config: Config, out_dir: Path, logger: RunLogger, progress: Any, state: LoopState, first_step: int
 ) -> dict[str, Any]:
-    rollout, start = config.rollout, time.time()
+    start = time.time()
     with GracefulStop() as stop:
         c.reward.should_stop = lambda: stop.requested  # a stuck reward call must not hold up Ctrl-C / SIGTERM
         try:
@@ -131,9 +131,7 @@ def _train_loop(
                 if c.dist.any_process(stop.requested):  # a signal to one process stops every process here
                     return faults.interrupted(c, config, out_dir, state, step - 1, saved_step)
                 step_start = time.time()
-                problems = c.dist.shard([  # this process's whole groups of the global batch
-                    p for p in c.task.train_problems(state.data_rng, rollout.prompts_per_step) for _ in range(rollout.group_size)
-                ])
+                problems = draw_groups(c, config, state)  # this process's whole groups of the global batch
                 try:
                     metrics, batch, problems, texts, rewards = train_step(c, config, state, step, problems)
                     state.bad_streak = 0
