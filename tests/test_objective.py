@@ -75,3 +75,20 @@ def test_the_head_gradients_are_clipped_to_their_own_norm_and_logged():
     lm_norm = torch.stack([p.grad.norm() for p in c.policy.model.parameters() if p.grad is not None]).norm()
     assert head_norm.item() == pytest.approx(0.001, rel=1e-3)
     assert lm_norm.item() == pytest.approx(0.001, rel=1e-3)
+
+
+@pytest.mark.parametrize("policy_loss", ["gspo", "cispo"])
+def test_a_registered_policy_loss_drives_the_update(policy_loss):
+    from thermorl.engines.hf import encode_prompts, sample
+    from thermorl.runtime.components import build_components
+    from thermorl.runtime.update import grpo_update
+
+    config = load_config(None, TINY + ["rollout.group_size=2", f"algorithm.policy_loss={policy_loss}"])
+    c = build_components(config)
+    before = [p.detach().clone() for p in c.policy.model.parameters()]
+    prompt_ids, prompt_mask = encode_prompts(c.policy, ["3,7,2>23:", "4,4,1>9:"] * 2)
+    generator = torch.Generator().manual_seed(0)
+    batch = sample(c.policy, c.controller, prompt_ids, prompt_mask, 8, generator)
+    metrics = grpo_update(c, config, batch, torch.tensor([1.0, -1.0, 0.5, -0.5]), 1, generator)
+    assert metrics["grad_norm"] > 0 and metrics["clip_fraction"] == 0.0  # one pass on its own samples: ratio 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, c.policy.model.parameters()))

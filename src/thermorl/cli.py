@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from thermorl.config.registry import CONTROLLERS, ENGINES, TASKS
+from thermorl.config.registry import CONTROLLERS, REGISTRIES
 from thermorl.errors import ThermoRLError
 
 app = typer.Typer(
@@ -324,12 +324,9 @@ def show_config() -> None:
     table.add_column("default")
     table.add_column("help")
     for name, help_text, default in field_help():
-        if name == "temperature.controller":
-            help_text = f"{help_text} Registered: {', '.join(CONTROLLERS)}."
-        if name == "task.name":
-            help_text = f"{help_text} Registered: {', '.join(TASKS)}."
-        if name == "rollout.engine":
-            help_text = f"{help_text} Registered: {', '.join(ENGINES)}."
+        for registry in REGISTRIES:
+            if name == registry.key:
+                help_text = f"{help_text} Registered: {', '.join(registry)}."
         # escaped: help texts and defaults hold brackets (pip extras, lists) that rich would read as markup
         table.add_row(name, rich.markup.escape(repr(default)), rich.markup.escape(help_text))
     Console(width=200).print(table)

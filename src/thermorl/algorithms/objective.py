@@ -1,11 +1,12 @@
 """The token objective of one GRPO minibatch as one pure function, with its variants registered by name.
 
-Advantage estimators (``algorithm.advantage``) and loss aggregations (``algorithm.loss_aggregation``) are
-looked up in registries (the style of verl's ``core_algos.py``): a new variant is one registered function,
-not a branch in the trainer.
+Advantage estimators (``algorithm.advantage``), policy losses (``algorithm.policy_loss``, in
+``policy_loss.py``) and loss aggregations (``algorithm.loss_aggregation``) are looked up in registries (the
+style of verl's ``core_algos.py``): a new variant is one registered function, not a branch in the trainer.
 
     rho_t  = exp(log pi(y_t | tau_t) - log pi_old(y_t | tau_t))                      (tau_t: the sampled temperature)
-    l_t    = -min(rho_t A, clip(rho_t, 1 - eps_low, 1 + eps_high) A) * m_t * w_t       (m: top-entropy mask, w: TIS)
+    l_t    = PL(rho, A)_t * m_t * w_t                                                 (m: top-entropy mask, w: TIS)
+    PL     = -min(rho_t A, clip(rho_t, 1 - eps_low, 1 + eps_high) A) by default ('clip'; 'gspo', 'cispo')
     L      = agg_t(l_t + beta KL_t(pi || pi_ref) - c_H H_t) * s                       (s: data-parallel token share,
                                                                                        H_t: entropy of pi(. | tau_t))
 """
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from thermorl.algorithms.grpo import aggregate, approx_kl, clipped_policy_loss, group_advantages_by_id, kl_penalty
+from thermorl.algorithms.grpo import aggregate, approx_kl, group_advantages_by_id, kl_penalty
+from thermorl.algorithms.policy_loss import policy_loss
 from thermorl.config.registry import ADVANTAGES, AGGREGATIONS
 
 
@@ -60,6 +62,7 @@ def token_objective(
     epsilon: float,
     epsilon_high: float,
     aggregation: str = "token_mean",
+    loss: str = "clip",
     pg_mask: Tensor | None = None,
     importance: tuple[Tensor, Tensor] | None = None,
     ref_logprobs: Tensor | None = None,
@@ -69,7 +72,7 @@ def token_objective(
     entropies: Tensor | None = None,
     entropy_coef: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """The clipped-ratio GRPO loss of a minibatch (module docstring) and its diagnostics.
+    """The GRPO loss of a minibatch (module docstring) with policy loss ``loss`` and its diagnostics.
 
     ``logprobs`` / ``old_logprobs`` / ``ref_logprobs`` (N, T) are at the sampled per-token temperatures;
     ``advantages`` (N,); ``mask`` (N, T) 1 on generated tokens; ``pg_mask`` the top-entropy token mask;
@@ -81,7 +84,9 @@ def token_objective(
     """
     agg = AGGREGATIONS[aggregation].build
     diagnostics: dict[str, Tensor] = {}
-    pg, clipped = clipped_policy_loss(logprobs, old_logprobs, advantages, epsilon, epsilon_high)
+    pg, clipped = policy_loss(loss)(
+        logprobs, old_logprobs, advantages, mask, epsilon_low=epsilon, epsilon_high=epsilon_high
+    )
     if pg_mask is not None:
         pg = pg * pg_mask  # every token unless algorithm.top_entropy_fraction < 1
     if importance is not None:
@@ -97,10 +102,10 @@ def token_objective(
     if entropy_coef > 0 and entropies is not None:  # l_t -= c_H * H(pi(. | s_t, tau_t))
         token_loss = token_loss - entropy_coef * entropies
         diagnostics["lm_entropy"] = aggregate(entropies.detach(), mask)
-    loss = agg.reduce(token_loss, mask)
+    total = agg.reduce(token_loss, mask)
     if agg.scaled_by_token_share:
-        loss = loss * token_share
+        total = total * token_share
     diagnostics["pg_loss"] = agg.reduce(pg, mask)
     diagnostics["clip_fraction"] = aggregate(clipped, mask)
     diagnostics["approx_kl"] = approx_kl(logprobs.detach(), old_logprobs, mask)
-    return loss, diagnostics
+    return total, diagnostics

@@ -15,7 +15,7 @@ from typing import Any
 from thermorl.config import loader
 from thermorl.config.fields import doc
 from thermorl.config.loader import dump_config, from_dict, to_dict
-from thermorl.config.registry import ADVANTAGES, AGGREGATIONS, CONTROLLERS, ENGINES
+from thermorl.config.registry import ADVANTAGES, AGGREGATIONS, CONTROLLERS, ENGINES, POLICY_LOSSES, TASKS
 from thermorl.config.schema import (
     MAX_TASK_NUMBER,
     AlgorithmConfig,
@@ -29,8 +29,8 @@ from thermorl.config.schema import (
 )
 
 __all__ = [
-    "ADVANTAGES", "AGGREGATIONS", "CONTROLLERS", "MAX_TASK_NUMBER", "AlgorithmConfig", "Config",
-    "LogConfig", "ModelConfig", "RolloutConfig", "TaskConfig",
+    "ADVANTAGES", "AGGREGATIONS", "CONTROLLERS", "ENGINES", "MAX_TASK_NUMBER", "POLICY_LOSSES", "TASKS",
+    "AlgorithmConfig", "Config", "LogConfig", "ModelConfig", "RolloutConfig", "TaskConfig",
     "TemperatureConfig", "TrainConfig", "VLLMConfig", "doc", "dump_config", "field_help", "from_dict", "load_config",
     "to_dict",
 ]

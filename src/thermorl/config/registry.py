@@ -99,8 +99,17 @@ ADVANTAGES = Registry("algorithm.advantage", _builtin_objective_parts)
 AGGREGATIONS = Registry("algorithm.loss_aggregation", _builtin_objective_parts)
 
 
+def _builtin_policy_losses() -> None:
+    import thermorl.algorithms.policy_loss  # noqa: F401  (registers clip, gspo, cispo)
+
+
+POLICY_LOSSES = Registry("algorithm.policy_loss", _builtin_policy_losses)
+
+
 def _builtin_engines() -> None:
     import thermorl.engines  # noqa: F401  (each engine module registers itself on import; vllm is imported lazily)
 
 
 ENGINES = Registry("rollout.engine", _builtin_engines)
+
+REGISTRIES = (CONTROLLERS, TASKS, ENGINES, ADVANTAGES, POLICY_LOSSES, AGGREGATIONS)  # every kind of plug-in

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from thermorl.config.fields import doc, plugin_sections, positive, unit_interval
 from thermorl.config.loader import walk_sections
-from thermorl.config.registry import ADVANTAGES, AGGREGATIONS, CONTROLLERS, ENGINES, TASKS
+from thermorl.config.registry import ADVANTAGES, AGGREGATIONS, CONTROLLERS, ENGINES, POLICY_LOSSES, TASKS
 from thermorl.errors import ConfigError
 
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "swanlab")
@@ -253,6 +253,13 @@ class AlgorithmConfig:
         "'drgrpo': A = r - mean (Dr. GRPO, no std division).",
         "grpo",
     )
+    policy_loss: str = doc(
+        "Registered policy loss (thermorl.algorithms.policy_loss). 'clip': PPO/GRPO's clipped token ratio; "
+        "'gspo': GSPO's sequence-level ratio (arXiv 2507.18071; its paper clips at epsilon=3e-4, "
+        "epsilon_high=4e-4); 'cispo': CISPO's clipped, detached importance weight on log pi (MiniMax-M1, "
+        "arXiv 2506.13585; epsilon=1 clips from above only).",
+        "clip",
+    )
     epsilon: float = doc("Lower clip range of the importance ratio (1 - epsilon).", 0.2)
     epsilon_high: float = doc("Upper clip range (1 + epsilon_high); > epsilon is DAPO's clip-higher.", 0.28)
     beta: float = doc("KL coefficient to the frozen initial policy (0 = no reference model).", 0.0)
@@ -301,7 +308,9 @@ class AlgorithmConfig:
     )
 
     def validate(self) -> None:
-        for registry, value in ((ADVANTAGES, self.advantage), (AGGREGATIONS, self.loss_aggregation)):
+        for registry, value in (
+            (ADVANTAGES, self.advantage), (POLICY_LOSSES, self.policy_loss), (AGGREGATIONS, self.loss_aggregation)
+        ):
             if value not in registry:
                 raise ConfigError(f"{registry.key} must be one of {', '.join(map(repr, registry))}, got {value!r}")
         unit_interval(self, "epsilon", "epsilon_high", section="algorithm")

@@ -79,7 +79,8 @@ def grpo_update(
             if trains_lm:
                 loss, diagnostics = token_objective(
                     scored.logprobs, old_logprobs[index], advantages[index], mask, epsilon=algo.epsilon,
-                    epsilon_high=algo.epsilon_high, aggregation=algo.loss_aggregation, pg_mask=pg_mask[index],
+                    epsilon_high=algo.epsilon_high, aggregation=algo.loss_aggregation, loss=algo.policy_loss,
+                    pg_mask=pg_mask[index],
                     importance=None if importance is None else (importance[0][index], importance[1][index]),
                     ref_logprobs=None if ref_logprobs is None else ref_logprobs[index], beta=algo.beta,
                     kl_estimator=algo.kl_estimator, token_share=share, entropies=scored.entropies,
