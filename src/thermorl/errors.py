@@ -25,6 +25,11 @@ class CheckpointError(ThermoRLError):
     """A checkpoint that cannot be written (e.g. disk full) or no valid checkpoint to resume from."""
 
 
+class EngineError(ThermoRLError):
+    """The rollout engine failed (e.g. vLLM raised while starting, sampling or loading weights): the run
+    stops at its newest checkpoint, and a new run without one leaves no run directory behind."""
+
+
 class TrainingDivergedError(ThermoRLError):
     """Too many consecutive steps with non-finite logits, loss or gradients."""
 

