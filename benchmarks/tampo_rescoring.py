@@ -160,7 +160,8 @@ def measure_time(preset: str = "tiny", device: str = "cpu", dtype: str = "float3
 
     from thermorl.config import Config
     from thermorl.engines.base import RolloutBatch
-    from thermorl.engines.hf import HFEngine, score
+    from thermorl.engines.hf import HFEngine
+    from thermorl.runtime.forward import score
     from thermorl.models.policy import Policy
     from thermorl.runtime.components import Components
     from thermorl.runtime.update import grpo_update

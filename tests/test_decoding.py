@@ -10,8 +10,9 @@ import torch
 
 from thermorl.algorithms.logprobs import truncation_mask
 from thermorl.engines.hf import (
-    decode_completions, encode_prompts, sample, score, stop_token_ids, truncated_completions,
+    decode_completions, encode_prompts, sample, stop_token_ids, truncated_completions,
 )
+from thermorl.runtime.forward import score
 from thermorl.models.policy import Policy
 from thermorl.temperature.base import StepContext, TemperatureActions, TemperatureController
 

@@ -15,7 +15,8 @@ from torch.distributions import Bernoulli, Beta, kl_divergence
 from thermorl.algorithms.grpo import aggregate, truncated_importance_weights
 from thermorl.algorithms.hierarchical import beta_head_parameters, bins_kl, hybrid_kl
 from thermorl.config import load_config
-from thermorl.engines.hf import encode_prompts, sample, score
+from thermorl.engines.hf import encode_prompts, sample
+from thermorl.runtime.forward import score
 from thermorl.errors import ConfigError, ThermoRLError
 from thermorl.runtime.components import build_components
 from thermorl.runtime.update import grpo_update

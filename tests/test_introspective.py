@@ -14,7 +14,8 @@ from torch.distributions import Bernoulli, Beta, Categorical
 
 from thermorl.algorithms.hierarchical import bins_entropy, hybrid_entropy, temperature_logprob
 from thermorl.config import load_config
-from thermorl.engines.hf import encode_prompts, sample, score
+from thermorl.engines.hf import encode_prompts, sample
+from thermorl.runtime.forward import score
 from thermorl.runtime import checkpoint as ckpt
 from thermorl.runtime.components import build_components, load_for_eval
 from thermorl.runtime.update import grpo_update

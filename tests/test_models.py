@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from thermorl.config import ModelConfig, load_config
-from thermorl.engines.hf import encode_prompts, sample, score
+from thermorl.engines.hf import encode_prompts, sample
+from thermorl.runtime.forward import score
 from thermorl.errors import ModelLoadError
 from thermorl.models import load_policy
 from thermorl.temperature import ControllerEnv, build_controller

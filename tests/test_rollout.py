@@ -2,7 +2,8 @@
 
 import torch
 
-from thermorl.engines.hf import decode_completions, encode_prompts, sample, score
+from thermorl.engines.hf import decode_completions, encode_prompts, sample
+from thermorl.runtime.forward import score
 from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController
 from thermorl.temperature.entropy import EntropyConfig, EntropyController
 from thermorl.temperature.fixed import FixedConfig, FixedController

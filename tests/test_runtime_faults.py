@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from thermorl.config import load_config
-from thermorl.engines.hf import encode_prompts, sample, score
+from thermorl.engines.hf import encode_prompts, sample
+from thermorl.runtime.forward import score
 from thermorl.errors import NonFiniteError, RewardError, TrainingDivergedError
 from thermorl.rewards.guard import RewardFunction, RewardGuard, RewardTimeout, call_with_timeout
 from thermorl.runtime import checkpoint as ckpt

@@ -8,7 +8,8 @@ import torch
 
 from thermorl.algorithms.hierarchical import temperature_logprob
 from thermorl.config import load_config
-from thermorl.engines.hf import encode_prompts, score
+from thermorl.engines.hf import encode_prompts
+from thermorl.runtime.forward import score
 from thermorl.temperature import ControllerEnv, build_controller
 
 CONTROLLERS = ["fixed", "linear", "tampo", "ead", "entropy", "introspective"]
@@ -86,25 +87,32 @@ def test_truncated_sampling_logprobs_match_recomputation(vllm_setup, name, top_k
 
 
 def test_head_rollout_correction_weights_are_recorded_and_near_one(vllm_setup):
-    """The head's TIS weights min(pi_head_trainer / pi_head_engine, C): recomputed, carried to the head's
-    loss (logged as temp_is_weight_mean) and ~1 since the engine runs the trainer's head."""
-    from thermorl.engines.vllm import recompute
+    """The head's TIS weights min(pi_head_trainer / pi_head_engine, C), from the runtime's correction step (the
+    LM's convention): the engine's record stays in the batch, the trainer's pi_old and weights go to the
+    head's loss (logged as temp_is_weight_mean), ~1 since the engine runs the trainer's head."""
+    from thermorl.runtime.correction import CorrectionSpec, head_logprobs, old_policy
 
     _, components, engine = vllm_setup
     controller = components.controller
     prompt_ids, prompt_mask = prompts(components)
     batch = engine.sample(controller, prompt_ids, prompt_mask, 24, torch.Generator().manual_seed(2))
     mask = batch.completion_mask
-    unweighted, _, _ = recompute(components.policy, controller, batch)
-    assert unweighted.actions.is_weight is None  # rollout_is=none: no head correction
-    corrected, _, metrics = recompute(components.policy, controller, batch, is_cap=2.0)
-    weights = corrected.actions.is_weight
+    scored = score(components.policy, batch)
+    trainer_head = head_logprobs(controller, scored.hidden, batch.actions)
+    engine_head = batch.actions.logprob.clone()
+    unweighted = old_policy(batch, scored.logprobs, trainer_head, CorrectionSpec())
+    assert unweighted.head_weights is None and unweighted.weights is None  # no correction asked for
+    corrected = old_policy(batch, scored.logprobs, trainer_head, CorrectionSpec("token", "truncate", None, 2.0))
+    weights = corrected.head_weights
     assert weights.shape == mask.shape and torch.all(weights[mask == 0] == 0)
     assert ((weights - 1.0).abs() * mask).max().item() < 1e-3
-    assert metrics["rollout_head_logprob_diff_max"] < 1e-3
+    assert corrected.metrics["rollout_head_logprob_diff_max"] < 1e-3
+    assert torch.equal(batch.actions.logprob, engine_head)  # the engine's record is left as it was
     advantages = torch.linspace(-1, 1, len(batch))
     assert controller.trains_head(0)
-    _, logged = controller.policy_loss(score(components.policy, batch).hidden, corrected.actions, advantages, mask, 0)
+    actions = corrected.head_actions(batch.actions)
+    assert actions.is_weight is weights and actions.logprob is corrected.head_logprobs
+    _, logged = controller.policy_loss(scored.hidden, actions, advantages, mask, 0)
     assert abs(logged["temp_is_weight_mean"] - 1.0) < 1e-3
 
 

@@ -290,6 +290,14 @@ class AlgorithmConfig:
         "(useful when sampler and trainer numerics differ, e.g. bf16).",
         False,
     )
+    separate_old_logprob_pass: bool = doc(
+        "Score pi_old (and the rollout-correction weights) in a separate no-grad forward pass before the update even "
+        "when the step makes one optimizer step (num_iterations = num_minibatches = 1). By default such a step takes "
+        "them from the update's own forward, detached (the same numbers, one forward less); several optimizer "
+        "steps per rollout, or a controller that trains at other temperatures than it samples (EAD's train_at=one), "
+        "always run the separate pass.",
+        False,
+    )
     rollout_is: Literal["auto", "none", "tis"] = doc(
         "Correction for the rollout engine's log-probs differing from the trainer's: 'tis' weights each token's "
         "policy-gradient term by min(pi_trainer / pi_engine, rollout_is_cap) at the sampled temperatures "

@@ -15,8 +15,8 @@ Sampling log-probs are vLLM's ``processed_logprobs`` (of the tempered distributi
 sampled from). Each request gets a seed drawn from the run's seeded stream (and the head one from
 the controller's), so the same run state samples the same completions. ``sync`` writes the
 policy's weights (LoRA merged) and the head's into the engine after every optimizer step and
-resets the prefix cache. The trainer recomputes the log-probs at the recorded temperatures and
-measures the mismatch (``algorithm.rollout_is``).
+resets the prefix cache. The trainer scores the log-probs at the recorded temperatures itself and
+measures the mismatch and corrects for it (``runtime.correction``, ``algorithm.rollout_is``).
 """
 
 from __future__ import annotations
@@ -35,13 +35,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from thermorl.algorithms.grpo import truncated_importance_weights
-from thermorl.algorithms.hierarchical import bins_logprob, temperature_logprob
 from thermorl.config import RolloutConfig
 from thermorl.config.fields import doc, positive
 from thermorl.config.registry import ENGINES
 from thermorl.engines.base import RolloutBatch
-from thermorl.engines.hf import decode_completions, encode_prompts, score, stop_token_ids
+from thermorl.engines.hf import decode_completions, encode_prompts, stop_token_ids
 from thermorl.errors import ConfigError, EngineError, NonFiniteError, ThermoRLError
 from thermorl.models.policy import Policy
 from thermorl.temperature.base import StepContext, TemperatureActions, TemperatureController
@@ -144,49 +142,6 @@ def check_supported(config: Any) -> None:
         )
     if config.rollout.vllm.sleep_between_steps and not torch.cuda.is_available():
         raise ConfigError("rollout.vllm.sleep_between_steps needs a GPU (vLLM's CPU backend has no sleep mode)")
-
-
-@torch.no_grad()
-def recompute(
-    policy: Policy, controller: TemperatureController, batch: RolloutBatch, is_cap: float | None = None
-) -> tuple[RolloutBatch, Tensor, dict[str, float]]:
-    """The trainer's log-probs of an engine's batch at its recorded temperatures, and the mismatch.
-
-    Returns the batch with the trainer's entropies (vLLM returns none) and, for the introspective
-    head, the trainer's log-prob of each recorded head action as ``actions.logprob`` (the head's pi_old)
-    and, with ``is_cap`` (algorithm.rollout_is=tis), the head's rollout correction
-    ``actions.is_weight`` = min(pi_head_trainer / pi_head_engine, is_cap); the trainer's token log-probs;
-    and per-step mismatch metrics: mean and max |log pi_trainer - log pi_engine| and the largest and
-    smallest ratio pi_trainer / pi_engine over generated tokens.
-    """
-    scored = score(policy, batch)
-    mask = batch.completion_mask.bool()
-    metrics = _mismatch("rollout", scored.logprobs[mask], batch.logprobs[mask])
-    actions = batch.actions
-    if controller.name == "introspective" and actions.logprob is not None:
-        u = controller.head(scored.hidden.to(controller.head.out.weight.dtype))
-        if actions.bin is not None:
-            head_logprobs = bins_logprob(u, actions.bin)
-        else:
-            head_logprobs = temperature_logprob(u, actions.gate, actions.z, controller.config.eps)
-        metrics.update(_mismatch("rollout_head", head_logprobs[mask], actions.logprob[mask]))
-        weights = None
-        if is_cap is not None:
-            weights = truncated_importance_weights(head_logprobs.float(), actions.logprob, is_cap) * batch.completion_mask
-        actions = dataclasses.replace(actions, logprob=head_logprobs.float() * batch.completion_mask, is_weight=weights)
-    return dataclasses.replace(batch, entropies=scored.entropies, actions=actions), scored.logprobs, metrics
-
-
-def _mismatch(prefix: str, trainer: Tensor, engine: Tensor) -> dict[str, float]:
-    if trainer.numel() == 0:
-        return {}
-    delta = trainer.float() - engine.float()
-    return {
-        f"{prefix}_logprob_diff_mean": delta.abs().mean().item(),
-        f"{prefix}_logprob_diff_max": delta.abs().max().item(),
-        f"{prefix}_ratio_max": delta.max().exp().item(),
-        f"{prefix}_ratio_min": delta.min().exp().item(),
-    }
 
 
 @contextlib.contextmanager

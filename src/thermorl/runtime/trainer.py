@@ -9,7 +9,8 @@ per-token temperatures):
   2. sample completions through the rollout engine; the controller picks tau_t per token; record
      log pi_old(y_t | tau_t);
   3. r_i = task reward; A_i = the registered advantage estimator over each group;
-  4. for mu epochs over minibatches: recompute log pi(y_t | tau_t) at the recorded tau_t,
+  4. for mu epochs over minibatches: recompute log pi(y_t | tau_t) at the recorded tau_t (with one
+     optimizer step that forward is also pi_old and the rollout correction's, ``runtime.correction``),
      clipped-ratio loss (+ beta KL to the reference), plus the controller's own loss;
   5. the controller's outer update (TAMPO), logging, evaluation, checkpoint.
 
@@ -34,7 +35,6 @@ from thermorl.algorithms.schedule import lr_factor
 from thermorl.config import Config, to_dict
 from thermorl.engines import HFEngine, RolloutBatch
 from thermorl.engines.hf import stop_token_ids
-from thermorl.engines.vllm import recompute
 from thermorl.rewards.pool import RewardInterrupted
 from thermorl.errors import NonFiniteError, ThermoRLError, TrainingDivergedError
 from thermorl.runtime import checkpoint as ckpt
@@ -45,7 +45,7 @@ from thermorl.runtime.resume import GracefulStop, LoopState, find_resume_point, 
 from thermorl.runtime.runlock import RunLock
 from thermorl.runtime.dynamic_sampling import draw_groups, sample_and_score
 from thermorl.runtime.tracking import RunLogger, RunSummary, build_trackers, prepare_run_dir, release
-from thermorl.runtime.update import batch_statistics, grpo_update, rollout_is
+from thermorl.runtime.update import batch_statistics, grpo_update
 from thermorl.study.evaluate import evaluate_policy
 from thermorl.tasks.base import token_classes
 
@@ -188,23 +188,19 @@ def train_step(
     """
     rollout, algo = config.rollout, config.algorithm
     batch, problems, texts, scores, sampling = sample_and_score(c, config, state, step, problems)
-    trainer_logprobs, mismatch = None, {}
-    if not getattr(c.engine, "exact_logprobs", True):  # vLLM: the trainer's own log-probs and the gap
-        head_cap = algo.rollout_is_cap if rollout_is(config) == "tis" else None  # the head's rollout correction
-        batch, trainer_logprobs, mismatch = recompute(c.policy, c.controller, batch, head_cap)
     # a sample no reward function rewarded (None) is NaN here: the advantage leaves it out
     rewards = torch.tensor(scores.values(missing=math.nan), device=c.policy.device)
     advantages = estimate_advantages(algo.advantage, rewards, batch.group_ids)
+    lr = algo.lr * lr_factor(step, config.train.steps, algo.warmup_steps, algo.lr_schedule)
+    for group in c.lm_optimizer.param_groups:
+        group["lr"] = lr
+    # pi_old, the rollout correction (vLLM) and the update; an engine without entropies gets the trainer's
+    diagnostics = grpo_update(c, config, batch, advantages, step, state.generator)
     metrics = {"step": step, **batch_statistics(*gather_batch(c.dist, batch, rewards), rollout.group_size)}
     metrics.update(sampling)  # dynamic sampling's rounds and groups, when it is on
     if len(c.reward.functions) > 1:
         metrics.update(scores.function_means())
-    lr = algo.lr * lr_factor(step, config.train.steps, algo.warmup_steps, algo.lr_schedule)
-    for group in c.lm_optimizer.param_groups:
-        group["lr"] = lr
     metrics["lr"] = lr
-    metrics.update(mismatch)
-    diagnostics = grpo_update(c, config, batch, advantages, step, state.generator, trainer_logprobs)
     c.engine.sync_weights()  # the next rollout samples from the updated weights (hf: nothing to do)
     state.lm_updates += diagnostics.pop("lm_steps")
     state.head_updates += diagnostics.pop("head_steps")

@@ -16,49 +16,59 @@ from thermorl.algorithms.grpo import high_entropy_mask, truncated_importance_wei
 from thermorl.algorithms.objective import token_objective
 from thermorl.config import Config
 from thermorl.engines import RolloutBatch
-from thermorl.engines.hf import score, truncated_completions
+from thermorl.engines.hf import truncated_completions
 from thermorl.errors import NonFiniteError
 from thermorl.runtime import fsdp
 from thermorl.runtime.components import Components, finite_gradients
+from thermorl.runtime.correction import CorrectionSpec, OldPolicy, correction_spec, head_logprobs, old_policy
+from thermorl.runtime.forward import score
 
 
 def grpo_update(
     c: Components, config: Config, batch: RolloutBatch, advantages: torch.Tensor, step: int,
-    generator: torch.Generator, trainer_logprobs: torch.Tensor | None = None,
+    generator: torch.Generator,
 ) -> dict[str, float]:
-    """mu epochs of clipped-ratio updates on one batch; returns averaged diagnostics and the optimizer
-    steps taken (``lm_steps``, ``head_steps``).
+    """mu epochs of clipped-ratio updates on one batch; returns averaged diagnostics, the rollout-correction
+    metrics and the optimizer steps taken (``lm_steps``, ``head_steps``).
 
-    ``trainer_logprobs``: the trainer's own log-probs of the batch at the sampling temperatures when
-    another engine (vLLM) sampled it; they are pi_old, and with ``algorithm.rollout_is`` = tis each
-    token's term is weighted by min(pi_old / pi_engine, rollout_is_cap).
+    pi_old is the sampler's log-probs when the engine's log-probs are the trainer's (hf) and nothing asks
+    for a recomputation; otherwise the trainer's own, with the rollout correction (``runtime.correction``).
+    When the step makes one optimizer step, the trainer's pi_old and the correction weights come from the
+    update's own forward pass, detached (``one_forward``); a separate no-grad pass gives them otherwise. An
+    engine that records no entropies (vLLM) gets the trainer's written into ``batch.entropies``.
     """
     algo = config.algorithm
     trains_lm = c.controller.trains_lm(step)
     sampled_logprobs = batch.logprobs
     train_temperatures = c.controller.training_temperatures(batch.temperatures)
     off_policy = train_temperatures is not batch.temperatures  # e.g. EAD's T = 1 mode
-    if off_policy:
-        batch = replace(batch, temperatures=train_temperatures)
-    old_logprobs = batch.logprobs if trainer_logprobs is None or off_policy else trainer_logprobs
-    if (algo.recompute_old_logprobs and trainer_logprobs is None) or off_policy:
+    exact = engine_logprobs_are_the_trainers(c.engine)
+    recomputes = not exact or algo.recompute_old_logprobs  # pi_old = the trainer's own log-probs
+    one_forward = recomputes and not off_policy and single_optimizer_step(config)
+    spec = correction_spec(config) if recomputes else CorrectionSpec()
+    old = None if recomputes else OldPolicy(batch.logprobs)
+    if recomputes and not one_forward:
         with torch.no_grad():
-            old_logprobs = score(c.policy, batch).logprobs
-    is_cap = None
-    if off_policy:  # w_t = min(pi_old(y_t | T_train) / pi(y_t | T_sampled), C)
-        is_cap = c.controller.is_cap
-    elif trainer_logprobs is not None and rollout_is(config) == "tis":  # w_t = min(pi_old / pi_engine, C)
-        is_cap = algo.rollout_is_cap
-    importance = None
-    if is_cap is not None:
-        weights = truncated_importance_weights(old_logprobs, sampled_logprobs, is_cap)
-        importance = (weights, (old_logprobs - sampled_logprobs > math.log(is_cap)).float())
+            scored = score(c.policy, batch)
+        old = old_policy(batch, scored.logprobs, head_logprobs(c.controller, scored.hidden, batch.actions), spec)
+        if not exact:
+            batch.entropies = scored.entropies
+    if off_policy:  # pi_old at the training temperatures, w_t = min(pi_old(y_t | T_train) / pi(y_t | T_sampled), C)
+        batch = replace(batch, temperatures=train_temperatures)
+        with torch.no_grad():
+            at_train = score(c.policy, batch).logprobs
+        cap = c.controller.is_cap
+        importance = (truncated_importance_weights(at_train, sampled_logprobs, cap),
+                      (at_train - sampled_logprobs > math.log(cap)).float())
+        old = replace(old, logprobs=at_train, weights=importance[0], outside=importance[1])
     ref_logprobs = None
     if c.reference is not None:
         with torch.no_grad():
             ref_logprobs = score(c.reference, batch).logprobs
 
-    pg_mask = high_entropy_mask(batch.entropies, batch.completion_mask, algo.top_entropy_fraction)
+    # the top-entropy mask needs the batch's entropies: one_forward without the sampler's has them after its pass
+    late_pg_mask = one_forward and not exact and algo.top_entropy_fraction < 1.0
+    pg_mask = None if late_pg_mask else high_entropy_mask(batch.entropies, batch.completion_mask, algo.top_entropy_fraction)
     kept, overlong = None, {}  # DAPO's overlong filtering: completions cut at max_new_tokens weigh nothing
     if algo.mask_truncated_completions:
         kept = (~truncated_completions(c.policy, batch, config.rollout.max_new_tokens)).float()
@@ -74,21 +84,30 @@ def grpo_update(
             share = c.dist.token_share(mask)  # 1.0 in one process; see thermorl.runtime.distributed
             with torch.set_grad_enabled(trains_lm):
                 scored = score(c.policy, mb)
+            if one_forward:  # the one optimizer step's own forward is pi_old, detached (ratio exactly 1)
+                old = old_policy(mb, scored.logprobs, head_logprobs(c.controller, scored.hidden, mb.actions), spec)
+                mb_old = old
+                if not exact:
+                    batch.entropies[index] = scored.entropies.detach()
+                    mb.entropies = scored.entropies.detach()
+            else:
+                mb_old = old.select(index)
+            mb_pg_mask = high_entropy_mask(mb.entropies, mb.completion_mask, algo.top_entropy_fraction) \
+                if late_pg_mask else pg_mask[index]
             metrics: dict[str, float] = {}
             loss = torch.zeros((), device=mask.device)
             if trains_lm:
                 loss, diagnostics = token_objective(
-                    scored.logprobs, old_logprobs[index], advantages[index], mask, epsilon=algo.epsilon,
+                    scored.logprobs, mb_old.logprobs, advantages[index], mask, epsilon=algo.epsilon,
                     epsilon_high=algo.epsilon_high, aggregation=algo.loss_aggregation, loss=algo.policy_loss,
-                    pg_mask=pg_mask[index],
-                    importance=None if importance is None else (importance[0][index], importance[1][index]),
+                    pg_mask=mb_pg_mask, importance=mb_old.importance(),
                     ref_logprobs=None if ref_logprobs is None else ref_logprobs[index], beta=algo.beta,
                     kl_estimator=algo.kl_estimator, token_share=share, entropies=scored.entropies,
                     entropy_coef=algo.entropy_coef,
                 )
                 metrics.update({name: value.item() for name, value in diagnostics.items()})
             head_loss, head_metrics = c.controller.policy_loss(
-                scored.hidden, mb.actions, advantages[index], mask, step
+                scored.hidden, mb_old.head_actions(mb.actions), advantages[index], mask, step
             )
             metrics.update(head_metrics)
             if head_loss is not None:
@@ -111,9 +130,21 @@ def grpo_update(
     )
     c.dist.sync_controller(c.controller)
     return {
-        **{key: value / updates for key, value in totals.items()}, **overlong,
+        **{key: value / updates for key, value in totals.items()}, **overlong, **old.metrics,
         "lm_steps": lm_steps, "head_steps": head_steps,
     }
+
+
+def single_optimizer_step(config: Config) -> bool:
+    """Whether a step makes one optimizer step per rollout (``num_iterations`` = ``num_minibatches`` = 1), so
+    pi_old is the update's own forward, unless ``algorithm.separate_old_logprob_pass`` asks for a pass of its own."""
+    algo = config.algorithm
+    return algo.num_iterations == 1 and algo.num_minibatches == 1 and not algo.separate_old_logprob_pass
+
+
+def engine_logprobs_are_the_trainers(engine: object) -> bool:
+    """Whether the engine's sampling log-probs are the trainer's own numbers (hf: the same model and code)."""
+    return getattr(engine, "exact_logprobs", True)
 
 
 def _optimizer_step(c: Components, loss: torch.Tensor, trains_lm: bool, trains_head: bool, max_norm: float) -> dict:
@@ -137,13 +168,6 @@ def _optimizer_step(c: Components, loss: torch.Tensor, trains_lm: bool, trains_h
     if trains_head and c.head_optimizer is not None:
         c.head_optimizer.step()
     return metrics
-
-
-def rollout_is(config: Config) -> str:
-    """algorithm.rollout_is with 'auto' resolved: tis with the vLLM engine, none with thermorl's own."""
-    if config.algorithm.rollout_is == "auto":
-        return "tis" if config.rollout.engine == "vllm" else "none"
-    return config.algorithm.rollout_is
 
 
 def _reassemble(parts: list[tuple[torch.Tensor, torch.Tensor]], rows: int) -> torch.Tensor | None:

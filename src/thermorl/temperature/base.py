@@ -33,8 +33,8 @@ class TemperatureActions:
     gate: Tensor | None = None  # Beta head: 1 where the gate fired (a new temperature was drawn)
     z: Tensor | None = None  # Beta head: the unit draw z_t in [0, 1] (0 where the gate did not fire)
     bin: Tensor | None = None  # bins head: index of the chosen temperature
-    # rollout correction of the head when another engine sampled it (vLLM, algorithm.rollout_is=tis):
-    # min(pi_phi_trainer(action) / pi_phi_engine(action), algorithm.rollout_is_cap) per token
+    # the head's rollout-correction weight per token when another engine sampled it (vLLM); set by the
+    # runtime's correction step (runtime.correction) for the loss, never by an engine
     is_weight: Tensor | None = None
 
     def present(self) -> dict[str, Tensor]:
@@ -110,6 +110,12 @@ class TemperatureController:
     ) -> tuple[Tensor | None, dict[str, float]]:
         """Loss of a trainable temperature policy on a minibatch, with diagnostics."""
         return None, {}
+
+    def action_logprobs(self, hidden: Tensor, actions: TemperatureActions) -> Tensor | None:
+        """log pi_phi(recorded action_t | h_t) (N, T) under the current parameters, for a controller whose
+        temperature is a sampled action (its pi_old and rollout correction when another engine sampled it);
+        None for a controller without such a policy."""
+        return None
 
     def after_update(
         self, actions: TemperatureActions, advantages: Tensor, mask: Tensor, tokens: Tensor, logits: Tensor | None

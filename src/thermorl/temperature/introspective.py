@@ -202,6 +202,15 @@ class IntrospectiveController(TemperatureController):
         bin_index = torch.multinomial(torch.softmax(u, dim=-1), 1, generator=self.generator).squeeze(-1)
         return self.bins[bin_index], TemperatureActions(logprob=bins_logprob(u, bin_index), bin=bin_index)
 
+    def action_logprobs(self, hidden: Tensor, actions: TemperatureActions) -> Tensor | None:
+        """log pi_phi of the recorded gate/Beta draw or bin at each token, from the hidden states ``hidden``."""
+        if actions.logprob is None:
+            return None
+        u = self.head(hidden.to(self.head.out.weight.dtype))
+        if actions.bin is not None:
+            return bins_logprob(u, actions.bin)
+        return temperature_logprob(u, actions.gate, actions.z, self.config.eps)
+
     def policy_loss(
         self, hidden: Tensor, actions: TemperatureActions, advantages: Tensor, mask: Tensor, training_step: int
     ) -> tuple[Tensor | None, dict[str, float]]:

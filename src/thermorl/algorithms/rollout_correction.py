@@ -1,0 +1,93 @@
+"""Rollout correction: weights for tokens a rollout engine sampled from a distribution mu slightly unlike the
+trainer's pi_old (vLLM's kernels, bf16, another numerics), and the mismatch metrics.
+
+With delta_t = log pi_old(y_t) - log mu(y_t) on the generated tokens (m_t = 1) of a completion i:
+
+  token level:     rho_t = exp(delta_t)
+  sequence level:  rho_i = exp(sum_t m_t delta_t), the same for every token of completion i
+  truncate (TIS):  w = min(max(rho, C_min), C_max)                 (Yao et al. 2025; TRL ``*_truncate``)
+  mask (MIS):      w = rho * 1[C_min <= rho <= C_max]              (verl's MIS; TRL ``*_mask``)
+
+Each token's policy-gradient term is multiplied by w (detached). The same functions weight the LM's tokens
+and the temperature head's actions (delta_t from the head's log-probs), so both follow one convention.
+These are the modes of TRL's ``vllm_importance_sampling_mode`` (token/sequence x truncate/mask, with
+``vllm_importance_sampling_clip_min/max``) and verl's ``algorithm.rollout_correction`` (token TIS,
+sequence-level IS, rejection masks); a bound of None is no bound.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Level = Literal["token", "sequence"]
+Mode = Literal["truncate", "mask"]
+
+
+def log_ratios(target_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Tensor, level: Level) -> Tensor:
+    """log rho, (N, T): delta_t = (log pi(y_t) - log mu(y_t)) m_t at token level; at sequence level
+    sum_t delta_t of each row, broadcast over its tokens. Padding (m_t = 0) contributes 0."""
+    delta = (target_logprobs.float() - behaviour_logprobs.float()) * mask
+    if level == "token":
+        return delta
+    if level == "sequence":
+        return delta.sum(-1, keepdim=True).expand_as(delta)
+    raise ValueError(f"unknown rollout-correction level {level!r}")
+
+
+def outside_bounds(log_rho: Tensor, lower: float | None, upper: float | None) -> Tensor:
+    """1[rho < C_min or rho > C_max] as a float tensor, compared in log space (rho may overflow)."""
+    outside = torch.zeros_like(log_rho, dtype=torch.bool)
+    if upper is not None:
+        outside |= log_rho > math.log(upper)
+    if lower is not None:
+        outside |= log_rho < (math.log(lower) if lower > 0 else -math.inf)
+    return outside.float()
+
+
+def truncated_weights(log_rho: Tensor, lower: float | None, upper: float | None) -> Tensor:
+    """Truncated importance sampling (TIS): w = min(max(rho, C_min), C_max), detached."""
+    return torch.exp(log_rho).clamp(min=lower, max=upper).detach()
+
+
+def masked_weights(log_rho: Tensor, lower: float | None, upper: float | None) -> Tensor:
+    """Masked importance sampling (MIS): w = rho * 1[C_min <= rho <= C_max], detached (0 where masked)."""
+    return (torch.exp(log_rho) * (1.0 - outside_bounds(log_rho, lower, upper))).detach()
+
+
+def correction_weights(
+    target_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Tensor, level: Level, mode: Mode,
+    lower: float | None, upper: float | None,
+) -> tuple[Tensor, Tensor]:
+    """The weights w (N, T) of one mode (module docstring), 0 at padding, and the indicator (N, T) of the
+    tokens whose ratio fell outside [C_min, C_max] (capped by truncate, zeroed by mask)."""
+    log_rho = log_ratios(target_logprobs, behaviour_logprobs, mask, level)
+    weigh = truncated_weights if mode == "truncate" else masked_weights
+    if mode not in ("truncate", "mask"):
+        raise ValueError(f"unknown rollout-correction mode {mode!r}")
+    return weigh(log_rho, lower, upper) * mask, outside_bounds(log_rho, lower, upper) * mask
+
+
+def mismatch_metrics(target_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """How far the engine's log-probs mu are from the trainer's pi over the generated tokens (m_t = 1):
+
+      logprob_diff_mean / _max = mean / max |delta_t|;   log_ratio_mean = mean delta_t;
+      ratio_max / _min = max / min exp(delta_t);
+      kl_k3 = mean (exp(delta_t) - 1 - delta_t), the k3 estimate of KL(mu || pi) from mu's samples
+      (Schulman 2020; verl's rollout-correction KL).
+    Empty when no token is generated.
+    """
+    delta = (target_logprobs.float() - behaviour_logprobs.float())[mask > 0]
+    if delta.numel() == 0:
+        return {}
+    return {
+        "logprob_diff_mean": delta.abs().mean(),
+        "logprob_diff_max": delta.abs().max(),
+        "log_ratio_mean": delta.mean(),
+        "ratio_max": delta.max().exp(),
+        "ratio_min": delta.min().exp(),
+        "kl_k3": (torch.expm1(delta) - delta).mean(),
+    }

@@ -1,0 +1,115 @@
+"""The step that gives a sampled batch its pi_old and rollout-correction weights, the LM's and the head's alike.
+
+One convention for both: the batch keeps what the engine recorded (``batch.logprobs`` for the LM's tokens,
+``batch.actions.logprob`` for the head's actions: the behaviour policy mu), and :class:`OldPolicy` holds what
+the trainer computed from its own forward pass: pi_old of each, the correction weights w of each
+(``algorithms.rollout_correction``) and the mismatch metrics. The update reads pi_old and w from here only.
+
+Where the forward pass comes from is the update's business (``runtime.update``): the update's own forward,
+detached, when the step makes one optimizer step; a separate no-grad pass before it otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+from thermorl.algorithms.rollout_correction import correction_weights, mismatch_metrics
+from thermorl.config import Config
+from thermorl.engines.base import RolloutBatch
+from thermorl.temperature.base import TemperatureActions, TemperatureController
+
+
+@dataclass(frozen=True)
+class CorrectionSpec:
+    """Which rollout correction applies (``algorithm.rollout_correction``); ``level`` None = none."""
+
+    level: str | None = None  # "token" or "sequence"
+    mode: str = "truncate"  # or "mask"
+    lower: float | None = None
+    upper: float | None = None
+
+
+@dataclass
+class OldPolicy:
+    """pi_old of a batch's LM tokens and head actions, their correction weights, and the mismatch metrics."""
+
+    logprobs: Tensor  # (N, T) log pi_old(y_t) of the LM
+    weights: Tensor | None = None  # (N, T) weight of each token's LM term (None = 1)
+    outside: Tensor | None = None  # (N, T) 1 where the LM's ratio was capped or masked
+    head_logprobs: Tensor | None = None  # (N, T) log pi_phi_old(action_t) of the head (None: the engine's)
+    head_weights: Tensor | None = None  # (N, T) weight of each head action's term (None = 1)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def select(self, index: Tensor) -> "OldPolicy":
+        """The rows ``index`` (a minibatch); metrics stay the whole batch's."""
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return OldPolicy(pick(self.logprobs), pick(self.weights), pick(self.outside), pick(self.head_logprobs),
+                         pick(self.head_weights), self.metrics)
+
+    def importance(self) -> tuple[Tensor, Tensor] | None:
+        """The LM's (weights, outside) as ``token_objective`` takes them, or None without weights."""
+        return None if self.weights is None else (self.weights, self.outside)
+
+    def head_actions(self, actions: TemperatureActions) -> TemperatureActions:
+        """``actions`` as the controller's loss reads them: logprob = pi_old, is_weight = w."""
+        if self.head_logprobs is None:
+            return actions
+        return replace(actions, logprob=self.head_logprobs, is_weight=self.head_weights)
+
+
+def head_logprobs(controller: TemperatureController, hidden: Tensor, actions: TemperatureActions) -> Tensor | None:
+    """The trainer's log pi_phi of the head's recorded actions from ``hidden`` (no gradient), or None."""
+    with torch.no_grad():
+        logprobs = controller.action_logprobs(hidden.detach(), actions)
+    return None if logprobs is None else logprobs.float()
+
+
+def old_policy(
+    batch: RolloutBatch, trainer_logprobs: Tensor, trainer_head_logprobs: Tensor | None, spec: CorrectionSpec
+) -> OldPolicy:
+    """pi_old from the trainer's log-probs of ``batch`` and, against what the engine recorded, the weights of
+    ``spec`` and the mismatch metrics (``rollout_*`` for the LM, ``rollout_head_*`` for the head)."""
+    mask = batch.completion_mask
+    trainer_logprobs = trainer_logprobs.detach()
+    old = OldPolicy(trainer_logprobs, metrics=_metrics("rollout", trainer_logprobs, batch.logprobs, mask, spec))
+    engine_head = batch.actions.logprob
+    if trainer_head_logprobs is not None and engine_head is not None:
+        old.head_logprobs = trainer_head_logprobs.detach() * mask
+        old.metrics.update(_metrics("rollout_head", old.head_logprobs, engine_head, mask, spec))
+    if spec.level is None:
+        return old
+    old.weights, old.outside = correction_weights(
+        trainer_logprobs, batch.logprobs, mask, spec.level, spec.mode, spec.lower, spec.upper
+    )
+    if old.head_logprobs is not None:
+        old.head_weights, _ = correction_weights(
+            old.head_logprobs, engine_head, mask, spec.level, spec.mode, spec.lower, spec.upper
+        )
+    return old
+
+
+def _metrics(prefix: str, trainer: Tensor, engine: Tensor, mask: Tensor, spec: CorrectionSpec) -> dict[str, float]:
+    metrics = {f"{prefix}_{k}": v.item() for k, v in mismatch_metrics(trainer, engine, mask).items()}
+    if spec.level is not None and metrics:
+        _, outside = correction_weights(trainer, engine, mask, spec.level, spec.mode, spec.lower, spec.upper)
+        what = "capped" if spec.mode == "truncate" else "masked"
+        if spec.level == "token":
+            fraction = (outside.sum() / mask.sum().clamp_min(1.0)).item()
+        else:  # the fraction of completions (with at least one token) whose sequence ratio fell outside
+            rows = mask.sum(-1) > 0
+            fraction = outside.amax(-1)[rows].mean().item()
+        metrics[f"{prefix}_{spec.level}_{what}_fraction"] = fraction
+    return metrics
+
+
+def correction_spec(config: Config) -> CorrectionSpec:
+    """The run's rollout correction: ``algorithm.rollout_is`` = tis (the default with the vLLM engine) is token
+    level truncation at ``rollout_is_cap``; none otherwise."""
+    algo = config.algorithm
+    mode = algo.rollout_is if algo.rollout_is != "auto" else ("tis" if config.rollout.engine == "vllm" else "none")
+    if mode == "tis":
+        return CorrectionSpec("token", "truncate", None, algo.rollout_is_cap)
+    return CorrectionSpec()
