@@ -1,0 +1,64 @@
+"""One forward per step: with one optimizer step per rollout, pi_old and the rollout-correction weights come
+from the update's own forward pass; the separate no-grad pass gives the same loss, gradients and metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from thermorl.config import load_config
+from thermorl.runtime.components import build_components
+from thermorl.runtime.update import grpo_update
+
+TINY = [  # the shipped warm start; the trainer's pi_old (recomputed) and token TIS, as with another engine
+    "model.path=builtin", "task.eval_size=4", "rollout.prompts_per_step=4", "rollout.group_size=2",
+    "rollout.max_new_tokens=10", "task.reward_workers=0", "algorithm.recompute_old_logprobs=true",
+    "algorithm.rollout_is=tis", "algorithm.rollout_is_cap=1.3",
+]
+
+
+def _update(controller: str, separate: bool, engine_noise: float):
+    """One grpo_update from the same start on the same batch; the batch's recorded (engine) log-probs are
+    shifted by seeded noise, as if another engine with other numerics had sampled it, so the correction
+    weights differ from 1 and some are capped."""
+    config = load_config(None, [*TINY, f"temperature.controller={controller}",
+                                f"algorithm.separate_old_logprob_pass={str(separate).lower()}"])
+    c = build_components(config)
+    problems = [p for p in c.task.train_problems(random.Random(0), 4) for _ in range(2)]
+    batch = c.engine.generate([p.prompt for p in problems], c.controller, torch.Generator().manual_seed(0),
+                              group_ids=torch.arange(8) // 2)
+    noise = torch.Generator().manual_seed(1)
+    shift = lambda x: x + engine_noise * torch.randn(x.shape, generator=noise) * batch.completion_mask  # noqa: E731
+    batch = dataclasses.replace(batch, logprobs=shift(batch.logprobs))
+    if batch.actions.logprob is not None:
+        batch = dataclasses.replace(batch, actions=dataclasses.replace(batch.actions, logprob=shift(batch.actions.logprob)))
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 1.0, -1.0])
+    metrics = grpo_update(c, config, batch, advantages, 1, torch.Generator().manual_seed(0))
+    modules = [c.policy.model] + ([c.controller.module] if c.controller.module is not None else [])
+    grads = {f"{i}.{n}": p.grad.clone() for i, m in enumerate(modules) for n, p in m.named_parameters()
+             if p.grad is not None}
+    weights = {f"{i}.{n}": p.detach().clone() for i, m in enumerate(modules) for n, p in m.named_parameters()}
+    return metrics, grads, weights
+
+
+@pytest.mark.parametrize("controller", ["fixed", "introspective"])
+def test_one_forward_update_equals_the_recomputation_update(controller):
+    one, one_grads, one_weights = _update(controller, separate=False, engine_noise=0.3)
+    two, two_grads, two_weights = _update(controller, separate=True, engine_noise=0.3)
+    assert set(one) == set(two)
+    assert 0.0 < one["is_clipped_fraction"] < 1.0  # the LM's weights are not all 1: capped ones among them
+    assert one["rollout_logprob_diff_mean"] > 0.1
+    if controller == "introspective":
+        assert one["temp_is_weight_mean"] != pytest.approx(1.0, abs=1e-3)  # the head is corrected too
+        assert one["rollout_head_logprob_diff_mean"] > 0.1
+        assert one["head_steps"] == 1
+    for key in one:
+        assert one[key] == pytest.approx(two[key], rel=1e-4, abs=1e-6), key
+    assert set(one_grads) == set(two_grads) and len(one_grads) > 0
+    for name in one_grads:
+        torch.testing.assert_close(one_grads[name], two_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    for name in one_weights:
+        torch.testing.assert_close(one_weights[name], two_weights[name], rtol=1e-4, atol=1e-6, msg=name)
