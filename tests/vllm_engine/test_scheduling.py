@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from thermorl.config import load_config
-from thermorl.engines.hf import encode_prompts, score
+from thermorl.engines.hf import encode_prompts
+from thermorl.runtime.forward import score
 
 PRESSURE = [  # 8 KV blocks of 32 tokens for 128 requests; 64 tokens per engine step
     "rollout.vllm.max_model_len=64", "rollout.vllm.max_num_batched_tokens=64", "rollout.vllm.max_num_seqs=64",
