@@ -1,10 +1,12 @@
-"""The architecture holds: the default job's numbers do not move with a refactor, the package has no import
-cycles, the trainer only wires, and the benchmarks use thermorl's public API."""
+"""The architecture holds: the default job's numbers do not move with a refactor (beyond the float drift
+between CPUs), the package has no import cycles, the trainer only wires, and the benchmarks use thermorl's
+public API."""
 
 from __future__ import annotations
 
 import ast
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -13,28 +15,80 @@ from conftest import run_cli
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+# The pinned fixtures were made on one CPU (an AMD EPYC); another CPU runs the same code through other BLAS
+# and vector kernels, which reorders float sums. benchmarks/code_path_drift.py measures how far that moves
+# the default job's metrics here by forcing other code paths (MKL_CBWR=COMPATIBLE/AVX2, ATEN_CPU_CAPABILITY=
+# avx2/default, two threads): over 10 steps the sampled tokens, and so every count, reward, length,
+# temperature and held-out accuracy, stay exactly equal; the network's floats move by at most 1.5e-5
+# relative (pg_loss), 6e-6 (grad_norm), 1.2e-7 (entropy_mean) (benchmarks/results_code_paths.json).
+# DRIFTING_METRICS are compared to DRIFT_RTOL, 3x the worst measured drift; everything else stays exact.
+# The tolerance still catches a change to the computation: the advantage's epsilon at 1e-5 instead of
+# 1e-4 moves pg_loss and grad_norm by 2.5e-4 relative from step 1 on, 5x DRIFT_RTOL.
+# approx_kl of a one-minibatch step is float noise around 0 (pi_old is the same forward's detached value;
+# 1e-9 here, 20-47 % apart between code paths): it is held to DRIFT_ATOL, which a real gap between the
+# sampling and training distributions (>= 1e-6) exceeds.
+DRIFTING_METRICS = {"pg_loss", "loss", "grad_norm", "entropy_mean", "approx_kl"}
+DRIFT_RTOL = 5e-5
+DRIFT_ATOL = 1e-8
+
+
+def metrics_mismatches(rows: list[dict], pinned: list[dict]) -> list[str]:
+    """Where ``rows`` differ from the ``pinned`` rows: exactly for every key but DRIFTING_METRICS, which may
+    differ by DRIFT_RTOL relative (or DRIFT_ATOL absolute) as they do between CPUs."""
+    if [row["step"] for row in rows] != [row["step"] for row in pinned]:
+        return [f"steps {[row['step'] for row in rows]} != {[row['step'] for row in pinned]}"]
+    found = []
+    for row, expected in zip(rows, pinned):
+        for key, value in expected.items():
+            got = row.get(key)
+            if key in DRIFTING_METRICS and isinstance(got, float):
+                equal = math.isclose(got, value, rel_tol=DRIFT_RTOL, abs_tol=DRIFT_ATOL)
+            else:
+                equal = got == value
+            if not equal:
+                found.append(f"step {expected['step']}: {key} {got!r} != pinned {value!r}")
+    return found
+
+
 def _rerun_pinned(fixture: str, out: Path, *extra: str) -> None:
-    """Rerun the command a fixture was produced with (on commit 151c26f) and require its metrics, value for value."""
+    """Rerun the command a fixture was produced with (on commit 151c26f) and require its metrics."""
     pinned = json.loads((FIXTURES / fixture).read_text())
     result = run_cli(*pinned["command"], "--out", str(out), *extra)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in rows] == [row["step"] for row in pinned["rows"]]
-    for row, expected in zip(rows, pinned["rows"]):
-        assert {key: row.get(key) for key in expected} == expected, f"step {expected['step']}"
+    assert metrics_mismatches(rows, pinned["rows"]) == []
 
 
-def test_short_default_job_is_bit_identical_to_the_code_before_the_refactor(tmp_path):
-    """The default job, 3 steps on a 100-problem held-out split: the metrics 151c26f wrote (see the fixture)."""
+def test_short_default_job_matches_the_code_before_the_refactor(tmp_path):
+    """The default job, 3 steps on a 100-problem held-out split: the metrics 151c26f wrote (see the fixture),
+    counts and rewards exactly, the network's floats to the tolerance measured between CPU code paths."""
     _rerun_pinned("default_job_seed3_steps3_short.json", tmp_path / "run")
 
 
 @pytest.mark.slow
-def test_default_job_is_bit_identical_to_the_code_before_the_refactor(tmp_path):
+def test_default_job_matches_the_code_before_the_refactor(tmp_path):
     """`thermorl train --steps 10 --seed 3` writes the metrics pinned from commit 151c26f (see the fixture's "how");
     plots and the progress bar are off (they come after, or beside, what metrics.jsonl holds)."""
     _rerun_pinned("default_job_seed3_steps10.json", tmp_path / "run", "--set", "log.plot=false",
                   "--set", "log.progress=false")
+
+
+def test_the_pinned_comparison_is_exact_where_the_arithmetic_is_and_tolerant_where_cpus_differ():
+    """The comparison itself: the drift measured between this machine and an Intel Xeon (issue 22: grad_norm
+    0.92964768 vs 0.92964780, approx_kl 1.7e-9 vs 3.2e-9) passes; a reward that moves by one completion,
+    a grad_norm moved as much as a changed advantage epsilon moves it, or a real KL fail."""
+    pinned = json.loads((FIXTURES / "default_job_seed3_steps3_short.json").read_text())["rows"]
+    step = dict(pinned[1])
+
+    def moved(**changes) -> list[str]:
+        return metrics_mismatches([pinned[0], {**step, **changes}, *pinned[2:]], pinned)
+
+    assert moved() == []
+    assert moved(grad_norm=0.92964768409729, loss=-0.0009824975859373808, pg_loss=-0.0009824975859373808,
+                 approx_kl=1.7154548892506227e-09) == []
+    assert moved(reward_mean=step["reward_mean"] + 1 / 128) != []
+    assert moved(grad_norm=step["grad_norm"] * (1 + 2.5e-4)) != []
+    assert moved(approx_kl=1e-6) != []
 
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "thermorl"

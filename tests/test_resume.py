@@ -7,6 +7,11 @@ the test has signalled them, so neither can finish first on a slow machine or ru
 on a fast one. The two stopped runs are resumed with `thermorl train --resume RUN` (the killed one
 after its newest checkpoint is corrupted, so resuming must skip it) and their metrics (timings
 aside), samples and final weights, optimizer and RNG tensors must equal the reference's.
+
+Exact equality is right here, on any CPU: the reference and the resumed runs are made by the same test on
+the same machine, so they take the same arithmetic code paths; what it protects against is any state a
+resume fails to restore (a random stream, an optimizer moment, the controller), which changes the floats
+at the first step after the resume.
 """
 
 import hashlib

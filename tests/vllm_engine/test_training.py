@@ -3,7 +3,8 @@
 What is promised on resume: IDENTICAL. Each request's seed comes from the run's checkpointed random
 stream (the head's from the controller's), each rollout starts from an empty prefix cache and the
 engine is synced to the restored weights, so the resumed run's metrics (timings aside), samples and
-final weights equal the uninterrupted run's bit for bit, as with the hf engine.
+final weights equal the uninterrupted run's bit for bit, as with the hf engine. Both runs are made by the
+same test on the same machine (same code paths), so exact equality holds on any CPU.
 """
 
 import hashlib
