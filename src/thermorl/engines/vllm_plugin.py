@@ -3,93 +3,67 @@
 Two pieces, both for vLLM's V1 model runner (``VLLM_USE_V2_MODEL_RUNNER=0``, which the engine sets):
 
 * :class:`ThermoRLTemperature`, a V1-interface logits processor. A request that carries
-  ``SamplingParams.extra_args["thermorl"]`` (a :class:`RowSpec` as a dict) gets its logits divided
-  by a per-position temperature chosen by the spec's rule, before vLLM's own temperature (which the
-  engine sets to 1.0 for these requests): ``ead`` (the EAD schedule at the completion position),
-  ``entropy`` (EDT's rule on the untempered distribution) or ``head`` (the introspective head).
-  The position is the length of the request's output tokens, which vLLM passes by reference.
+  ``SamplingParams.extra_args["thermorl"]`` (its controller's plan, a key, the clamp range and a head
+  seed; ``engines.vllm_requests``) gets its logits divided by the temperature the plan picks at this
+  position, before vLLM's own temperature (which the engine sets to 1.0 for these requests): a
+  ``PerPosition`` plan's rule on the untempered logits and the positions (one call for all its rows),
+  or an ``InModelHead`` plan's ``draw`` on the head's output for the row. The position is the
+  length of the request's output tokens, which vLLM passes by reference.
 * :func:`head_model`, an out-of-tree model class (registered through ``ModelRegistry``) that wraps
-  a vLLM causal LM. Its ``compute_logits`` runs the temperature head on the final normalised hidden
-  state of every row it computes logits for, and leaves the head's outputs ``u`` for the processor,
-  which sees the same rows in the same order in the same step. The processor draws the gate and the
-  Beta (or bin) from a generator owned by the request and seeded from its spec, so a request's
-  draws do not depend on what else is in the batch.
+  a vLLM causal LM. Its ``compute_logits`` runs its copy of the temperature head on the final
+  normalised hidden state of every row it computes logits for, and leaves the head's outputs ``u``
+  for the processor, which sees the same rows in the same order in the same step. The processor
+  draws from a generator owned by the request and seeded from its spec, so a request's draws do not
+  depend on what else is in the batch (nor on vLLM preempting and recomputing it: its state stays).
 
-What each request chose (temperature, and the head's gate / z / previous temperature / log-prob)
+What each request chose (temperature, and the head's actions by their ``TemperatureActions`` names)
 is kept per completion position in :data:`ROWS` of the worker process; the engine reads it back
-with ``collective_rpc(collect_records)`` after ``generate``. Every equation is thermorl's own
-(``thermorl.temperature``, ``thermorl.algorithms.hierarchical``): nothing is re-derived here.
+with ``collective_rpc(collect_records)`` after ``generate``. Every equation is the controller's own
+(its plan's rule or draw): nothing is re-derived here.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from vllm.model_executor.layers.linear import LinearBase
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.platforms import current_platform
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from thermorl.algorithms.hierarchical import (
-    beta_head_parameters,
-    bins_logprob,
-    clamp_unit,
-    hybrid_logprob,
-    unit_to_temperature,
-)
-from thermorl.temperature.ead import ead_temperature
-from thermorl.temperature.entropy import edt_temperature, logits_entropy
-from thermorl.temperature.introspective import TemperatureHead
+from thermorl.engines.vllm_weights import HEAD_PREFIX
+from thermorl.temperature.base import InModelHead, PerPosition
 
-HEAD_PREFIX = "thermorl_head."  # parameter names of the head inside the vLLM model
 ROWS: dict[str, "RowState"] = {}  # request key -> its state and records, in the worker process
 HEAD_OUTPUTS: dict[str, Tensor] = {}  # "u": head outputs (rows, K) of the step being sampled
 
 
 class RowState:
-    """One request's rule, its random stream (head), its previous temperature and its records."""
+    """One request's plan, its random stream and previous temperature (a head), and its records."""
 
     def __init__(self, spec: dict[str, Any], output_ids: list[int]) -> None:
-        self.spec = spec
         self.output_ids = output_ids  # vLLM's running list: its length is the position being chosen
-        self.rule = spec["rule"]
+        self.plan = spec["plan"]  # the controller's PerPosition or InModelHead (in-process engine)
         self.low, self.high = spec["range"]
         self.records: dict[str, dict[int, float]] = {}
-        config = spec["config"]  # the controller's config dataclass (in-process engine)
-        if self.rule == "head":
+        if isinstance(self.plan, InModelHead):
             self.generator = torch.Generator().manual_seed(int(spec["seed"]))
-            self.previous = float(config.tau_init)
-        elif self.rule not in ("ead", "entropy"):
-            raise ValueError(f"thermorl: unknown per-position rule {self.rule!r}")
+            self.previous = torch.tensor([float(self.plan.initial)])
+        elif not isinstance(self.plan, PerPosition):
+            raise ValueError(f"thermorl: a request's plan must be PerPosition or InModelHead, not {type(self.plan)}")
 
     def record(self, position: int, values: dict[str, float]) -> None:
         for name, value in values.items():
             self.records.setdefault(name, {})[position] = value
 
     def head_step(self, u: Tensor) -> tuple[float, dict[str, float]]:
-        """The introspective controller's draw for one row (same equations as IntrospectiveController)."""
-        config = self.spec["config"]
-        if config.head == "bins":
-            index = torch.multinomial(torch.softmax(u, dim=-1), 1, generator=self.generator).squeeze(-1)
-            return float(config.bins[int(index)]), {"bin": float(index), "temp_logprob": bins_logprob(u, index).item()}
-        gate_prob, alpha, beta = beta_head_parameters(u, config.eps)
-        gate = torch.bernoulli(gate_prob, generator=self.generator)
-        draw = torch._sample_dirichlet(torch.stack([alpha, beta], dim=-1), generator=self.generator)[..., 0]
-        z = clamp_unit(draw) * gate
-        previous = self.previous
-        if gate.item() > 0:
-            tau = unit_to_temperature(z, config.tau_min, config.tau_max).item()
-        else:
-            tau = previous
-        tau = min(max(tau, config.tau_min), config.tau_max)
-        self.previous = tau
-        values = {
-            "gate": gate.item(), "z": z.item(), "prev_temperature": previous,
-            "temp_logprob": hybrid_logprob(u[:, 0], alpha, beta, gate, z).item(),
-        }
-        return tau, values
+        """The plan's ``draw`` for this request's row u (1, K): its temperature and actions."""
+        tau, actions = self.plan.draw(u, self.previous, self.generator)
+        self.previous = tau.reshape(1).float()
+        return float(tau.reshape(-1)[0]), {name: float(v.reshape(-1)[0]) for name, v in actions.present().items()}
 
 
 class ThermoRLTemperature(LogitsProcessor):
@@ -101,8 +75,8 @@ class ThermoRLTemperature(LogitsProcessor):
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
         spec = (sampling_params.extra_args or {}).get("thermorl")
-        if spec is not None and not {"rule", "key", "range"} <= set(spec):
-            raise ValueError("extra_args['thermorl'] needs rule, key and range")
+        if spec is not None and not {"plan", "key", "range"} <= set(spec):
+            raise ValueError("extra_args['thermorl'] needs plan, key and range")
 
     def is_argmax_invariant(self) -> bool:
         return False  # it changes the sampled distribution, so it runs before vLLM's temperature
@@ -135,34 +109,36 @@ class ThermoRLTemperature(LogitsProcessor):
             return logits
         indices = sorted(i for i in self.keys if i < logits.shape[0])
         states = [ROWS[self.keys[i]] for i in indices]
+        positions = [len(state.output_ids) for state in states]
+        temperatures = [0.0] * len(indices)
+        values: list[dict[str, float]] = [{} for _ in indices]
+        rules: dict[int, list[int]] = {}  # one rule call per PerPosition plan (one per rollout) on all its rows
+        for k, state in enumerate(states):
+            if isinstance(state.plan, PerPosition):
+                rules.setdefault(id(state.plan), []).append(k)
+        for members in rules.values():
+            rows = [indices[k] for k in members]
+            taus = states[members[0]].plan.rule(logits[rows].float(), torch.tensor([positions[k] for k in members]))
+            for k, tau in zip(members, taus.float().cpu().tolist()):
+                temperatures[k] = tau
         u = HEAD_OUTPUTS.get("u")
-        entropy = None
-        if any(s.rule == "entropy" for s in states):
-            entropy = logits_entropy(logits[indices].float())
-        temperatures = []
         for k, (index, state) in enumerate(zip(indices, states)):
-            position = len(state.output_ids)
-            values: dict[str, float] = {}
-            if state.rule == "ead":
-                tau = ead_temperature(position, state.spec["step"], state.spec["config"])
-            elif state.rule == "entropy":
-                tau = edt_temperature(entropy[k : k + 1], state.spec["config"]).item()
-            else:
+            if isinstance(state.plan, InModelHead):
                 if u is None or u.shape[0] != logits.shape[0]:
                     raise RuntimeError("thermorl: the temperature head did not run on this step's rows")
-                tau, values = state.head_step(u[index : index + 1].float())
-            tau = min(max(tau, state.low), state.high)
-            state.record(position, {"temperature": tau, **values})
-            temperatures.append(tau)
+                temperatures[k], values[k] = state.head_step(u[index : index + 1].float())
+        for k, state in enumerate(states):
+            temperatures[k] = min(max(temperatures[k], state.low), state.high)
+            state.record(positions[k], {"temperature": temperatures[k], **values[k]})
         rows = torch.tensor(indices, device=logits.device)
         tau_tensor = torch.tensor(temperatures, dtype=torch.float32, device=logits.device).unsqueeze(-1)
         logits[rows] = (logits[rows].float() / tau_tensor).to(logits.dtype)
         return logits
 
 
-def head_model(base: type, outputs: int) -> type:
+def head_model(base: type, head: nn.Module | None) -> type:
     """A subclass of the vLLM causal LM ``base`` whose weights can be rewritten in place, holding and
-    running the temperature head when ``outputs`` > 0.
+    running a copy of the temperature ``head`` (an ``InModelHead`` plan's module) when there is one.
 
     On CPU, vLLM packs each linear layer's weight into a kernel-specific layout at load time and drops
     the plain weight, and its in-place reload then left the packed copy stale (measured: next-token
@@ -177,19 +153,22 @@ def head_model(base: type, outputs: int) -> type:
             for module in self.modules():
                 if isinstance(module, LinearBase):
                     module._cpu_skip_gemm_dispatch = True
-            hidden_size = vllm_config.model_config.hf_config.hidden_size
-            self.thermorl_head = TemperatureHead(hidden_size, outputs) if outputs else None
+            self.thermorl_head = None  # the copy's weights are the engine's to write (sync_weights)
+            if head is not None:
+                device = next(self.parameters()).device
+                self.thermorl_head = copy.deepcopy(head).to(device).requires_grad_(False)
 
         def compute_logits(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor | None:
             head = self.thermorl_head
             if head is not None:
-                HEAD_OUTPUTS["u"] = head(hidden_states.to(head.out.weight.dtype)).float()
+                dtype = next(head.parameters()).dtype
+                HEAD_OUTPUTS["u"] = head(hidden_states.to(dtype)).float()
             return super().compute_logits(hidden_states, *args, **kwargs)
 
         def load_weights(self, weights: Any) -> set[str]:
             """Head weights by their ``thermorl_head.`` names, the rest by the base class; the head
             counts as loaded (the engine writes it right after start and after every update)."""
-            head = dict(self.thermorl_head.named_parameters()) if self.thermorl_head is not None else {}
+            head = dict(self.thermorl_head.state_dict(keep_vars=True)) if self.thermorl_head is not None else {}
             rest = []
             for name, tensor in weights:
                 if name.startswith(HEAD_PREFIX):

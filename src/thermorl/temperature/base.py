@@ -1,10 +1,21 @@
 """The temperature-controller protocol shared by every method.
 
-What the sampler needs: ``start`` once per rollout and ``choose`` at every decoding step with the
-step's raw logits and last hidden state; ``choose`` returns one temperature per active row and the
-controller's own typed actions (:class:`TemperatureActions`: the head's gate, Beta draw or bin and
-their log-prob). The sampler stores temperatures and actions per token in the rollout batch, so the
-loss sees exactly what sampling used.
+What a sampler needs: ``start`` once per rollout, then the temperatures. A controller says how it
+picks them with ``sampling()``, one of three typed plans, which every engine can run:
+
+* :class:`PerRequest`: one temperature per completion, known when the rollout starts (fixed,
+  linear, TAMPO); vLLM samples it with its own ``SamplingParams.temperature``;
+* :class:`PerPosition`: a pure rule tau = rule(untempered logits, positions) at every token (EAD,
+  EDT); vLLM runs it in thermorl's logits processor;
+* :class:`InModelHead`: a module on the final hidden state and a pure ``draw`` from its output (the
+  introspective head); vLLM runs the module inside its model and the draw per request.
+
+thermorl's own sampler calls ``choose`` at every decoding step with the step's raw logits and last
+hidden state; the base class answers it from the first two plans, and a head controller implements
+it with its own ``draw``. ``choose`` returns one temperature per active row and the controller's
+own typed actions (:class:`TemperatureActions`: the head's gate, Beta draw or bin and their
+log-prob). The engines store temperatures and actions per token in the rollout batch, so the loss
+sees exactly what sampling used.
 
 What training needs: trainable controllers expose ``module`` (their parameters) and ``policy_loss``
 over the recorded actions; meta-policies update themselves in ``after_update`` from the scored
@@ -16,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
@@ -72,8 +83,45 @@ class ControllerEnv:
     world_size: int = 1
 
 
+@dataclass(frozen=True)
+class PerRequest:
+    """One temperature per completion: ``temperatures`` (num_rows,) of the rollout ``start`` began, or one
+    value (a 1-element tensor) for every row."""
+
+    temperatures: Tensor
+
+
+@dataclass(frozen=True)
+class PerPosition:
+    """tau_t = ``rule(logits, positions)``: (B, V) float32 untempered logits and (B,) long completion
+    positions -> (B,) temperatures. Pure: what it reads beyond its arguments (the training step) is fixed
+    by ``start``, so an engine may apply it to any rows in any order."""
+
+    rule: Callable[[Tensor, Tensor], Tensor]
+
+
+# (u (B, K), previous temperature (B,), generator) -> temperatures (B,) and the actions drawn (B,)
+HeadDraw = Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, "TemperatureActions"]]
+
+
+@dataclass(frozen=True)
+class InModelHead:
+    """A temperature policy on the model's final hidden state h_t: u_t = ``module(h_t)``, then
+    ``draw(u_t, tau_{t-1}, generator)``, one pure function that both engines call (thermorl's sampler on
+    all rows with the controller's ``generator``, vLLM per request with a stream seeded from it).
+    ``initial`` is tau_{-1} of every row; the recorded actions (log-prob included) are the draw's."""
+
+    module: nn.Module
+    draw: HeadDraw
+    initial: float
+    generator: torch.Generator
+
+
+SamplingPlan = Union[PerRequest, PerPosition, InModelHead]
+
+
 class TemperatureController:
-    """Base class with no-op defaults; subclasses implement at least ``choose``."""
+    """Base class with no-op defaults; subclasses implement ``sampling`` (and ``choose`` for a head)."""
 
     name = "base"
     needs_logits_after_update = False  # whether after_update wants the training logits
@@ -92,9 +140,24 @@ class TemperatureController:
     def start(self, num_rows: int, training_step: int) -> None:
         """Reset per-rollout state (e.g. the previous temperature of each row)."""
 
+    def sampling(self) -> SamplingPlan:
+        """How this controller picks temperatures (one of the plans above), as of the last ``start``."""
+        raise NotImplementedError(f"controller {self.name!r} declares no sampling plan (TemperatureController.sampling)")
+
     def choose(self, ctx: StepContext) -> tuple[Tensor, TemperatureActions]:
-        """Per-row temperatures (B,) and the controller's own per-row actions for this step."""
-        raise NotImplementedError
+        """Per-row temperatures (B,) and the controller's own per-row actions for this step (thermorl's sampler).
+
+        Answered from a :class:`PerRequest` or :class:`PerPosition` plan; a head controller overrides it."""
+        plan = self.sampling()
+        if isinstance(plan, PerRequest):
+            temperatures = plan.temperatures.to(ctx.logits.device)
+            if temperatures.numel() == 1:
+                return temperatures.reshape(1).expand(ctx.rows.shape[0]), TemperatureActions()
+            return temperatures[ctx.rows], TemperatureActions()
+        if isinstance(plan, PerPosition):
+            positions = torch.full_like(ctx.rows, ctx.position)
+            return plan.rule(ctx.logits.float(), positions), TemperatureActions()
+        raise NotImplementedError(f"controller {self.name!r}: a head controller implements choose with its draw")
 
     @property
     def module(self) -> nn.Module | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -27,7 +28,7 @@ from torch import Tensor
 from thermorl.config.fields import doc, positive, temperatures
 from thermorl.config.registry import CONTROLLERS
 from thermorl.errors import ConfigError
-from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController, full
+from thermorl.temperature.base import ControllerEnv, PerPosition, TemperatureController
 
 
 def ead_decay_scale(step: int, config: EADConfig) -> float:
@@ -45,6 +46,12 @@ def ead_temperature(t: int, step: int, config: EADConfig) -> float:
     if config.form == "code":
         return max(1.0 + config.tau_max - math.exp(t / (20.0 * d_s)), config.tau_min)
     return max(1.0 + config.tau_max - math.exp(t / d_s), config.tau_min)
+
+
+def ead_rule(logits: Tensor, positions: Tensor, step: int, config: EADConfig) -> Tensor:
+    """The per-position rule (``PerPosition``): ``ead_temperature`` at each row's completion position."""
+    values = [ead_temperature(int(t), step, config) for t in positions.tolist()]
+    return torch.tensor(values, dtype=torch.float32, device=logits.device)
 
 
 @dataclass
@@ -104,8 +111,8 @@ class EADController(TemperatureController):
     def start(self, num_rows: int, training_step: int) -> None:
         self.step = training_step
 
-    def choose(self, ctx: StepContext) -> tuple[Tensor, TemperatureActions]:
-        return full(ctx, ead_temperature(ctx.position, self.step, self.config)), TemperatureActions()
+    def sampling(self) -> PerPosition:
+        return PerPosition(partial(ead_rule, step=self.step, config=self.config))
 
     def metrics(self) -> dict[str, float]:
         return {"ead_decay_scale": ead_decay_scale(self.step, self.config)}

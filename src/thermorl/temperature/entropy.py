@@ -8,6 +8,7 @@ steps approach tau0. Clamped to [tau_min, tau_max] so no step is ever greedy or 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -15,7 +16,7 @@ from torch import Tensor
 from thermorl.config.fields import doc, temperatures
 from thermorl.config.registry import CONTROLLERS
 from thermorl.errors import ConfigError
-from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController
+from thermorl.temperature.base import ControllerEnv, PerPosition, TemperatureController
 
 
 def edt_temperature(entropy: Tensor, config: EntropyConfig) -> Tensor:
@@ -29,6 +30,11 @@ def logits_entropy(logits: Tensor) -> Tensor:
     """Entropy (nats) of softmax(logits) over the last dimension."""
     logp = torch.log_softmax(logits, dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+def edt_rule(logits: Tensor, positions: Tensor, config: EntropyConfig) -> Tensor:
+    """The per-position rule (``PerPosition``): EDT's temperature from each row's untempered logits."""
+    return edt_temperature(logits_entropy(logits), config)
 
 
 @dataclass
@@ -57,5 +63,5 @@ class EntropyController(TemperatureController):
     def __init__(self, config: EntropyConfig, env: ControllerEnv) -> None:
         self.config = config
 
-    def choose(self, ctx: StepContext) -> tuple[Tensor, TemperatureActions]:
-        return edt_temperature(logits_entropy(ctx.logits), self.config), TemperatureActions()
+    def sampling(self) -> PerPosition:
+        return PerPosition(partial(edt_rule, config=self.config))

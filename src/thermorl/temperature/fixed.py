@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
+import torch
 
 from thermorl.config.fields import doc, temperatures
 from thermorl.config.registry import CONTROLLERS
-from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController, full
+from thermorl.temperature.base import ControllerEnv, PerRequest, TemperatureController
 
 
 @dataclass
@@ -30,5 +30,5 @@ class FixedController(TemperatureController):
     def __init__(self, config: FixedConfig, env: ControllerEnv) -> None:
         self.temperature = config.temperature
 
-    def choose(self, ctx: StepContext) -> tuple[Tensor, TemperatureActions]:
-        return full(ctx, self.temperature), TemperatureActions()
+    def sampling(self) -> PerRequest:
+        return PerRequest(torch.tensor([float(self.temperature)]))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -41,7 +42,7 @@ from thermorl.algorithms.hierarchical import (
 from thermorl.config.fields import doc, positive, temperatures, unit_interval
 from thermorl.config.registry import CONTROLLERS
 from thermorl.errors import ConfigError
-from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController
+from thermorl.temperature.base import ControllerEnv, InModelHead, StepContext, TemperatureActions, TemperatureController
 
 # The head's stream is seeded from the run seed plus this offset, so its draws are not the
 # same uniforms the token sampler (seeded with the run seed itself) consumes.
@@ -76,6 +77,30 @@ def initial_output_bias(config: IntrospectiveConfig) -> list[float]:
     beta = max((1.0 - mean) * config.concentration_init - config.eps, 1e-3)
     gate_logit = math.log(config.gate_init / (1.0 - config.gate_init))
     return [gate_logit, _softplus_inverse(alpha), _softplus_inverse(beta)]
+
+
+def head_draw(
+    u: Tensor, previous: Tensor, generator: torch.Generator, config: IntrospectiveConfig
+) -> tuple[Tensor, TemperatureActions]:
+    """One draw of the head's policy for each row of u (B, K), the module docstring's equations: Beta head
+    c_t ~ Bernoulli(sigmoid(u_c)); where c_t = 1, z_t ~ Beta(alpha, beta) and tau_t = tau_min + z_t (tau_max -
+    tau_min), else tau_t = ``previous`` (B,); clamped to [tau_min, tau_max]. Bins head: b_t ~ Categorical(
+    softmax(u)), tau_t = bins[b_t]. Returns tau (B,) and the actions with their log-prob. The controller's
+    ``choose`` (all rows, one generator) and the vLLM engine (one row per call, a generator per request) both
+    draw with this function."""
+    if config.head == "bins":
+        index = torch.multinomial(torch.softmax(u, dim=-1), 1, generator=generator).squeeze(-1)
+        bins = torch.tensor(config.bins, device=u.device)
+        return bins[index], TemperatureActions(logprob=bins_logprob(u, index), bin=index)
+    gate_prob, alpha, beta = beta_head_parameters(u, config.eps)
+    gate = torch.bernoulli(gate_prob, generator=generator)
+    # Beta(a, b) is the first coordinate of Dirichlet(a, b); the private op is the only
+    # Beta/Gamma sampler in torch that takes a generator.
+    draw = torch._sample_dirichlet(torch.stack([alpha, beta], dim=-1), generator=generator)[:, 0]
+    z = clamp_unit(draw) * gate  # 0 where the gate did not fire
+    tau = torch.where(gate > 0, unit_to_temperature(z, config.tau_min, config.tau_max), previous)
+    tau = tau.clamp_(config.tau_min, config.tau_max)
+    return tau, TemperatureActions(logprob=hybrid_logprob(u[:, 0], alpha, beta, gate, z), gate=gate, z=z)
 
 
 @dataclass
@@ -157,7 +182,6 @@ class IntrospectiveController(TemperatureController):
             self.head.out.weight.zero_()
             self.head.out.bias.copy_(torch.tensor(initial_output_bias(config)))
         self.initial_output = torch.tensor(initial_output_bias(config), device=env.device)  # u of pi_phi0
-        self.bins = torch.tensor(config.bins, device=env.device)
         self.device = env.device
         self.generator = torch.Generator(device=env.device).manual_seed((env.seed + _SEED_OFFSET) % 2**63)
         self.previous = torch.empty(0, device=env.device)  # (num_rows,) tau_{t-1} of each row
@@ -181,26 +205,14 @@ class IntrospectiveController(TemperatureController):
         self.step = training_step
         self.previous = torch.full((num_rows,), self.config.tau_init, device=self.device)
 
+    def sampling(self) -> InModelHead:
+        return InModelHead(self.head, partial(head_draw, config=self.config), self.config.tau_init, self.generator)
+
     def choose(self, ctx: StepContext) -> tuple[Tensor, TemperatureActions]:
         u = self.head(ctx.hidden.to(self.head.out.weight.dtype))
-        if self.config.head == "bins":
-            return self._choose_bin(u)
-        config = self.config
-        gate_prob, alpha, beta = beta_head_parameters(u, config.eps)
-        gate = torch.bernoulli(gate_prob, generator=self.generator)
-        # Beta(a, b) is the first coordinate of Dirichlet(a, b); the private op is the only
-        # Beta/Gamma sampler in torch that takes a generator.
-        draw = torch._sample_dirichlet(torch.stack([alpha, beta], dim=-1), generator=self.generator)[:, 0]
-        z = clamp_unit(draw) * gate  # 0 where the gate did not fire
-        previous = self.previous[ctx.rows]
-        tau = torch.where(gate > 0, unit_to_temperature(z, config.tau_min, config.tau_max), previous)
-        tau = tau.clamp_(config.tau_min, config.tau_max)
+        tau, actions = head_draw(u, self.previous[ctx.rows], self.generator, self.config)
         self.previous[ctx.rows] = tau
-        return tau, TemperatureActions(logprob=hybrid_logprob(u[:, 0], alpha, beta, gate, z), gate=gate, z=z)
-
-    def _choose_bin(self, u: Tensor) -> tuple[Tensor, TemperatureActions]:
-        bin_index = torch.multinomial(torch.softmax(u, dim=-1), 1, generator=self.generator).squeeze(-1)
-        return self.bins[bin_index], TemperatureActions(logprob=bins_logprob(u, bin_index), bin=bin_index)
+        return tau, actions
 
     def action_logprobs(self, hidden: Tensor, actions: TemperatureActions) -> Tensor | None:
         """log pi_phi of the recorded gate/Beta draw or bin at each token, from the hidden states ``hidden``."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
+import torch
 
 from thermorl.config.fields import doc, temperatures
 from thermorl.config.registry import CONTROLLERS
-from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController, full
+from thermorl.temperature.base import ControllerEnv, PerRequest, TemperatureController
 
 
 def linear_temperature(step: int, total_steps: int, start: float, end: float) -> float:
@@ -48,8 +48,8 @@ class LinearController(TemperatureController):
     def start(self, num_rows: int, training_step: int) -> None:
         self.current = linear_temperature(training_step, self.total_steps, self.config.start, self.config.end)
 
-    def choose(self, ctx: StepContext) -> tuple[Tensor, TemperatureActions]:
-        return full(ctx, self.current), TemperatureActions()
+    def sampling(self) -> PerRequest:
+        return PerRequest(torch.tensor([float(self.current)]))
 
     def metrics(self) -> dict[str, float]:
         return {"linear_temperature": self.current}

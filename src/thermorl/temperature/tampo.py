@@ -31,7 +31,7 @@ from thermorl.algorithms.tampo import (
 from thermorl.config.fields import doc, positive, unit_interval
 from thermorl.config.registry import CONTROLLERS
 from thermorl.errors import ConfigError
-from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController
+from thermorl.temperature.base import ControllerEnv, PerRequest, TemperatureActions, TemperatureController
 
 
 @dataclass
@@ -92,8 +92,9 @@ class TampoController(TemperatureController):
         own = per_row[self.rank * num_rows : (self.rank + 1) * num_rows]
         self.row_temperatures = self.candidates[own].to(self.device)
 
-    def choose(self, ctx: StepContext) -> tuple[Tensor, TemperatureActions]:
-        return self.row_temperatures[ctx.rows], TemperatureActions()
+    def sampling(self) -> PerRequest:
+        """T_s of each row, drawn by ``start``."""
+        return PerRequest(self.row_temperatures)
 
     @torch.no_grad()
     def after_update(
