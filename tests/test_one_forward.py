@@ -16,7 +16,7 @@ from thermorl.runtime.update import grpo_update
 TINY = [  # the shipped warm start; the trainer's pi_old (recomputed) and token TIS, as with another engine
     "model.path=builtin", "task.eval_size=4", "rollout.prompts_per_step=4", "rollout.group_size=2",
     "rollout.max_new_tokens=10", "task.reward_workers=0", "algorithm.recompute_old_logprobs=true",
-    "algorithm.rollout_is=tis", "algorithm.rollout_is_cap=1.3",
+    "algorithm.rollout_correction.mode=token_truncate", "algorithm.rollout_correction.clip_max=1.3",
 ]
 
 

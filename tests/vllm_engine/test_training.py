@@ -63,7 +63,7 @@ def test_killed_vllm_run_resumes_identically(tmp_path):
     expected = _rows(tmp_path / "reference" / "metrics.jsonl")
     assert [r["step"] for r in expected] == list(range(STEPS + 1))
     assert "rollout_logprob_diff_mean" in expected[1]
-    # the head's rollout correction (rollout_is=tis, the vLLM default) is logged and ~1
+    # the head's rollout correction (token_truncate, the vLLM default) is logged and ~1
     assert all(abs(r["temp_is_weight_mean"] - 1.0) < 1e-3 for r in expected[1:])
     assert _rows(tmp_path / "killed" / "metrics.jsonl") == expected
     assert (tmp_path / "killed" / "samples.jsonl").read_text() == (tmp_path / "reference" / "samples.jsonl").read_text()

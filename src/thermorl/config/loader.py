@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
+from thermorl.config.rollout_correction import MOVED
 from thermorl.errors import ConfigError
 
 
@@ -67,6 +68,8 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
         elif registry is not None and key in registry and registry[key].config is not None:
             sections[key] = from_dict(registry[key].config, value if value is not None else {}, f"{prefix}{key}.")
+        elif f"{prefix}{key}" in MOVED:
+            raise ConfigError(f"{prefix}{key} was replaced by {MOVED[f'{prefix}{key}']}")
         else:
             names = sorted(known) + (sorted(n for n, p in registry.items() if p.config is not None) if registry else [])
             shown = key if str(key).isprintable() else repr(key)  # the message stays one line

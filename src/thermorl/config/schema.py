@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from thermorl.config.fields import doc, plugin_sections, positive, unit_interval
 from thermorl.config.loader import walk_sections
+from thermorl.config.rollout_correction import RolloutCorrectionConfig
 from thermorl.config.registry import ADVANTAGES, AGGREGATIONS, CONTROLLERS, ENGINES, POLICY_LOSSES, TASKS
 from thermorl.errors import ConfigError
 
@@ -298,14 +299,9 @@ class AlgorithmConfig:
         "always run the separate pass.",
         False,
     )
-    rollout_is: Literal["auto", "none", "tis"] = doc(
-        "Correction for the rollout engine's log-probs differing from the trainer's: 'tis' weights each token's "
-        "policy-gradient term by min(pi_trainer / pi_engine, rollout_is_cap) at the sampled temperatures "
-        "(truncated importance sampling); 'none' does not; 'auto' = tis with rollout.engine=vllm, none with hf "
-        "(whose log-probs are the trainer's own).",
-        "auto",
+    rollout_correction: RolloutCorrectionConfig = field(
+        default_factory=RolloutCorrectionConfig, metadata={"help": "Rollout correction (its own section)."}
     )
-    rollout_is_cap: float = doc("Upper cap C of the truncated importance weight min(ratio, C).", 2.0)
     mask_truncated_completions: bool = doc(
         "Leave completions cut at rollout.max_new_tokens (no EOS) out of the loss (DAPO's overlong filtering, "
         "TRL's mask_truncated_completions); they still count in their group's advantage.", False
@@ -329,7 +325,6 @@ class AlgorithmConfig:
             raise ConfigError(f"algorithm.entropy_coef must be >= 0, got {self.entropy_coef}")
         if self.warmup_steps < 0:
             raise ConfigError(f"algorithm.warmup_steps must be >= 0, got {self.warmup_steps}")
-        positive(self, "rollout_is_cap", section="algorithm")
         if not 0.0 < self.top_entropy_fraction <= 1.0:
             raise ConfigError(f"algorithm.top_entropy_fraction must be in (0, 1], got {self.top_entropy_fraction}")
 

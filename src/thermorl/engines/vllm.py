@@ -17,7 +17,7 @@ sampled from). Each request gets a seed drawn from the run's seeded stream (and 
 the controller's), so the same run state samples the same completions. ``sync`` writes the
 policy's weights (LoRA merged) and the head's into the engine after every optimizer step and
 resets the prefix cache. The trainer scores the log-probs at the recorded temperatures itself and
-measures the mismatch and corrects for it (``runtime.correction``, ``algorithm.rollout_is``).
+measures the mismatch and corrects for it (``runtime.correction``, ``algorithm.rollout_correction``).
 """
 
 from __future__ import annotations

@@ -106,10 +106,10 @@ def _metrics(prefix: str, trainer: Tensor, engine: Tensor, mask: Tensor, spec: C
 
 
 def correction_spec(config: Config) -> CorrectionSpec:
-    """The run's rollout correction: ``algorithm.rollout_is`` = tis (the default with the vLLM engine) is token
-    level truncation at ``rollout_is_cap``; none otherwise."""
-    algo = config.algorithm
-    mode = algo.rollout_is if algo.rollout_is != "auto" else ("tis" if config.rollout.engine == "vllm" else "none")
-    if mode == "tis":
-        return CorrectionSpec("token", "truncate", None, algo.rollout_is_cap)
-    return CorrectionSpec()
+    """The run's ``algorithm.rollout_correction`` ('auto': token_truncate with the vLLM engine, none with hf)."""
+    section = config.algorithm.rollout_correction
+    mode = section.resolved(config.rollout.engine)
+    if mode == "none":
+        return CorrectionSpec()
+    level, how = mode.split("_")
+    return CorrectionSpec(level, how, section.clip_min, section.clip_max)
