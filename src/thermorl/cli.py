@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from thermorl.config.registry import CONTROLLERS, REGISTRIES
+from thermorl.config.registry import REGISTRIES
 from thermorl.errors import ThermoRLError
 
 app = typer.Typer(
@@ -59,10 +58,6 @@ class TrainProgress:
             self.bar.stop()
 
 
-def _default_out(controller: str) -> Path:
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{controller}"
-
-
 @app.command()
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file."),
@@ -71,7 +66,11 @@ def train(
     steps: Optional[int] = typer.Option(None, help="Shortcut for --set train.steps=N."),
     seed: Optional[int] = typer.Option(None, help="Shortcut for --set train.seed=N."),
     controller: Optional[str] = typer.Option(
-        None, help=f"Shortcut for --set temperature.controller=NAME ({', '.join(CONTROLLERS)})."
+        None, help="Shortcut for --set temperature.controller=NAME (`thermorl config` lists the registered ones)."
+    ),
+    plugins: list[str] = typer.Option(
+        [], "--plugin", help="Import this module or .py file first, for the plug-ins it registers (repeatable; "
+        "recorded in the run's config as plugins)."
     ),
     resume: Optional[Path] = typer.Option(
         None, "--resume", help="Continue this run directory from its newest valid checkpoint (uses its config.yaml)."
@@ -93,11 +92,12 @@ def train(
     try:
         if resume is not None:
             config = _resume_config(resume, config, out)
-        cfg = load_config(config, extra)
+        cfg = load_config(config, extra, plugins)
+        from thermorl.api import default_run_dir
         from thermorl.runtime.distributed import is_main_process
         from thermorl.runtime.trainer import train as run_training  # heavy imports only once the config is valid
 
-        run_dir = resume or out or _default_out(cfg.temperature.controller)
+        run_dir = resume or out or default_run_dir(cfg.temperature.controller)
         progress = TrainProgress(cfg.log.progress and is_main_process())  # one bar under accelerate launch
         try:
             summary = run_training(cfg, run_dir, progress, resume=resume is not None)
@@ -184,14 +184,7 @@ def evaluate(
 ) -> None:
     """Score a checkpoint on the held-out split (greedy accuracy, avg@k, pass@k), or with --benchmarks on math
     benchmarks (avg@k and unbiased pass@k with bootstrap 95% intervals, written to eval.json and eval.md)."""
-    import torch
-
-    from thermorl.config import load_config
-    from thermorl.engines import build_engine
-    from thermorl.engines.hf import uses_chat_template
-    from thermorl.rewards import build_reward_guard
-    from thermorl.runtime.components import load_for_eval
-    from thermorl.study.evaluate import greedy_accuracy, sampled_metrics
+    from thermorl import api
 
     if benchmarks is not None:
         _evaluate_benchmarks(checkpoint, model, benchmarks, k, samples, problems, seed, max_new_tokens, batch_size,
@@ -200,24 +193,9 @@ def evaluate(
     if checkpoint is None:
         fail("--checkpoint is required (or --model with --benchmarks)")
     try:
-        run_config, model_dir = _resolve_checkpoint(checkpoint)
-        cfg = load_config(run_config, ([f"model.path={model_dir}"] if model_dir else []) + list(overrides))
-        policy, task, controller = load_for_eval(cfg)
-        engine = build_engine(cfg.rollout, policy, controller)
-        selected = task.eval_problems()[:problems]
-        generator = torch.Generator(device=policy.device).manual_seed(seed)
-        reward = build_reward_guard(cfg.task, task, uses_chat_template(policy.tokenizer), policy.system_prompt)
-        try:
-            reward.check_columns(selected, "the held-out problems")
-            result = {"greedy_accuracy": greedy_accuracy(engine, task, selected, reward)}
-            result.update(sampled_metrics(engine, task, selected, controller, k, generator, reward=reward))
-            result.update(reward.metrics())
-        finally:
-            reward.close()
+        result = api.evaluate(checkpoint, k=k, problems=problems, seed=seed, overrides=overrides)
     except ThermoRLError as err:
         fail(str(err))
-    result["problems"] = len(selected)
-    result["k"] = k
     print(json.dumps(result, indent=2))
 
 
@@ -233,37 +211,26 @@ def generate(
     overrides: list[str] = typer.Option([], "--set", "-s", help="Override a field, e.g. rollout.engine=vllm."),
 ) -> None:
     """Decode a prompt with the checkpoint's temperature controller (the learned head for introspective runs)."""
-    import torch
     from rich.text import Text
 
-    from thermorl.config import load_config
-    from thermorl.engines import build_engine
+    from thermorl import api
     from thermorl.reports.interpret import colour_range, temperature_colour
-    from thermorl.runtime.components import load_for_eval
 
     try:
-        run_config, model_dir = _resolve_checkpoint(checkpoint)
-        cfg = load_config(
-            run_config, ([f"model.path={model_dir}"] if model_dir else []) + [f"train.seed={seed}", *overrides]
-        )
-        policy, _, controller = load_for_eval(cfg)
-        engine = build_engine(cfg.rollout, policy, controller)
+        controller = api.checkpoint_config(checkpoint, overrides).temperature.controller
+        generations = api.generate(checkpoint, prompt, samples=samples, seed=seed, overrides=overrides)
     except ThermoRLError as err:
         fail(str(err))
-    generator = torch.Generator(device=policy.device).manual_seed(seed)
-    batch = engine.generate([prompt] * samples, controller, generator, group_ids=torch.zeros(samples, dtype=torch.long))
-    console.print(f"controller {cfg.temperature.controller}, seed {seed}", highlight=False)
+    console.print(f"controller {controller}, seed {seed}", highlight=False)
     out = Console(highlight=False, soft_wrap=True)
-    lengths = batch.completion_mask.sum(-1).long().tolist()
-    low, high = colour_range([t for i, n in enumerate(lengths) for t in batch.temperatures[i, :n].tolist()])
-    for i, text in enumerate(engine.decode(batch)):
+    low, high = colour_range([tau for g in generations for tau in g.temperatures])
+    for i, generation in enumerate(generations):
         if not show_temperatures:
-            out.print(text, markup=False)
+            out.print(generation.text, markup=False)
             continue
         line = Text(f"sample {i + 1}: ")
-        for token, tau in zip(batch.completion_ids[i, : lengths[i]].tolist(), batch.temperatures[i].tolist()):
-            piece = policy.tokenizer.decode([token]).replace("\n", "\\n")
-            line.append(piece, style=f"black on {temperature_colour(tau, low, high)}")
+        for piece, tau in zip(generation.tokens, generation.temperatures):
+            line.append(piece.replace("\n", "\\n"), style=f"black on {temperature_colour(tau, low, high)}")
             line.append(f"⟨{tau:.2f}⟩ ", style="dim")
         out.print(line)
 
@@ -282,12 +249,13 @@ def _evaluate_benchmarks(
     problems: Optional[int], seed: int, max_new_tokens: Optional[int], batch_size: int, out: Optional[Path],
     overrides: list[str],
 ) -> None:
+    from thermorl.api import resolve_checkpoint
     from thermorl.study.benchmarks_eval import run_benchmark_eval
 
     if (checkpoint is None) == (model is None):
         fail("give exactly one of --checkpoint and --model")
     try:
-        run_config, model_dir = _resolve_checkpoint(checkpoint) if checkpoint is not None else (None, model)
+        run_config, model_dir = resolve_checkpoint(checkpoint) if checkpoint is not None else (None, model)
         default_out = checkpoint / "eval" if checkpoint is not None else Path("evals") / Path(model).name
         run_benchmark_eval(
             run_config, str(model_dir), list(overrides), [b.strip() for b in benchmarks.split(",") if b.strip()],
@@ -297,36 +265,26 @@ def _evaluate_benchmarks(
         fail(str(err))
 
 
-def _resolve_checkpoint(path: Path) -> tuple[Optional[Path], Optional[Path]]:
-    """(run config.yaml or None, model directory) for a run dir, a checkpoint dir or a model dir;
-    a sharded (FSDP) checkpoint is consolidated into its ``model/`` first."""
-    from thermorl.runtime.checkpoint import list_checkpoints
-    from thermorl.runtime.sharded import consolidated_model_dir, has_shards
-
-    if not path.exists():
-        raise ThermoRLError(f"checkpoint {path} does not exist")
-    if (path / "config.yaml").is_file() and list_checkpoints(path):
-        return path / "config.yaml", consolidated_model_dir(list_checkpoints(path)[-1], path / "config.yaml")
-    if ((path / "model").is_dir() or has_shards(path)) and (path.parent.parent / "config.yaml").is_file():
-        return path.parent.parent / "config.yaml", consolidated_model_dir(path, path.parent.parent / "config.yaml")
-    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
-        return None, path
-    raise ThermoRLError(f"{path} is neither a run directory, a checkpoint, nor a model directory")
-
-
 @app.command("config")
-def show_config() -> None:
-    """List every config field with its default and help text."""
-    from thermorl.config import field_help
+def show_config(
+    plugins: list[str] = typer.Option([], "--plugin", help="Import this module or .py file first (repeatable)."),
+) -> None:
+    """List every config field with its default and help text (plug-ins' sections and names included)."""
+    from thermorl.config import field_help, load_plugins
 
+    try:
+        load_plugins(plugins)
+        rows = field_help()
+        registered = {registry.key: ", ".join(registry) for registry in REGISTRIES}
+    except ThermoRLError as err:
+        fail(str(err))
     table = Table(title="thermorl configuration (override with --set name=value)")
     table.add_column("name")
     table.add_column("default")
     table.add_column("help")
-    for name, help_text, default in field_help():
-        for registry in REGISTRIES:
-            if name == registry.key:
-                help_text = f"{help_text} Registered: {', '.join(registry)}."
+    for name, help_text, default in rows:
+        if name in registered:
+            help_text = f"{help_text} Registered: {registered[name]}."
         # escaped: help texts and defaults hold brackets (pip extras, lists) that rich would read as markup
         table.add_row(name, rich.markup.escape(repr(default)), rich.markup.escape(help_text))
     Console(width=200).print(table)
@@ -336,7 +294,7 @@ def show_config() -> None:
 def compare(
     controllers: str = typer.Option(
         "fixed:0.6,fixed:1.0,fixed:1.4,linear,ead,entropy,tampo,introspective",
-        help=f"Comma-separated controllers ({', '.join(CONTROLLERS)}); fixed:T is a fixed temperature T, "
+        help="Comma-separated controllers (`thermorl config` lists them); fixed:T is a fixed temperature T, "
         "name[key=value,...] overrides that controller's section, other names use their config defaults.",
     ),
     seeds: int = typer.Option(5, min=1, help="Seeds per controller (0..N-1); the same seeds for every controller."),

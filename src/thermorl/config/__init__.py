@@ -15,6 +15,7 @@ from typing import Any
 from thermorl.config import loader
 from thermorl.config.fields import doc
 from thermorl.config.loader import dump_config, from_dict, to_dict
+from thermorl.config.plugins import PluginError, load_plugins
 from thermorl.config.registry import ADVANTAGES, AGGREGATIONS, CONTROLLERS, ENGINES, POLICY_LOSSES, TASKS
 from thermorl.config.schema import (
     MAX_TASK_NUMBER,
@@ -27,12 +28,13 @@ from thermorl.config.schema import (
     TemperatureConfig,
     TrainConfig,
 )
+from thermorl.errors import ConfigError
 
 __all__ = [
     "ADVANTAGES", "AGGREGATIONS", "CONTROLLERS", "ENGINES", "MAX_TASK_NUMBER", "POLICY_LOSSES", "TASKS",
     "AlgorithmConfig", "Config", "LogConfig", "ModelConfig", "RolloutConfig", "TaskConfig",
-    "TemperatureConfig", "TrainConfig", "VLLMConfig", "doc", "dump_config", "field_help", "from_dict", "load_config",
-    "to_dict",
+    "PluginError", "TemperatureConfig", "TrainConfig", "VLLMConfig", "build_config", "doc", "dump_config", "field_help",
+    "from_dict", "load_config", "load_plugins", "to_dict",
 ]
 
 
@@ -54,9 +56,30 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'thermorl.config' has no attribute {name!r}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a validated Config from an optional YAML file and ``a.b=value`` overrides."""
-    return from_dict(Config, loader.read_raw(path, overrides)).validate()
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), plugins: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """A validated :class:`Config` from an optional YAML file, ``section.field=value`` overrides and plug-ins.
+
+    The plug-ins (the file's ``plugins`` list, then ``plugins``: module names or ``.py`` files) are imported
+    first, so the controllers, tasks, engines or losses they register can be named and configured.
+    Raises :class:`~thermorl.errors.ConfigError` naming the bad field (``PluginError`` naming a broken plug-in).
+    """
+    return build_config(loader.read_raw(path, overrides), plugins)
+
+
+def build_config(raw: dict[str, Any], plugins: list[str] | tuple[str, ...] = ()) -> Config:
+    """A validated :class:`Config` from a nested dict (YAML's layout), after importing its and ``plugins``' modules."""
+    raw = dict(raw)
+    listed = raw.get("plugins") or []
+    if not isinstance(listed, list):
+        raise ConfigError(f"plugins must be a list of module names or .py files, got {listed!r}")
+    raw["plugins"] = list(dict.fromkeys(  # a file by its absolute path: a resumed run finds it from anywhere
+        str(Path(spec).expanduser().resolve()) if isinstance(spec, str) and spec.endswith(".py") else spec
+        for spec in [*listed, *plugins]
+    ))
+    load_plugins(raw["plugins"])
+    return from_dict(Config, raw).validate()
 
 
 def field_help(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any]]:

@@ -401,6 +401,11 @@ class DistributedConfig:
 
 @dataclass
 class Config:
+    plugins: list[str] = doc(
+        "Modules imported before the config is read, each registering controllers, tasks, engines or losses: "
+        "a module name (my_pkg.plugin) or a .py file (--plugin on the command line adds to it). Installed "
+        "packages' entry points (thermorl.controllers, thermorl.tasks, ...) load without being listed.", []
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

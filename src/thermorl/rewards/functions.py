@@ -14,14 +14,14 @@ and ``build_reward_guard`` puts them behind the one ``RewardGuard`` every call s
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from thermorl.config.plugins import import_user_module
+from thermorl.config.registry import REWARDS
 from thermorl.errors import RewardError
 from thermorl.rewards.guard import RewardFunction, RewardGuard, RewardTimeout, call_with_timeout
 
@@ -146,20 +146,14 @@ def load_reward_function(spec: str) -> Callable[..., Any]:
     """
     module_name, sep, function_name = spec.rpartition(":")
     if not sep or not module_name or not function_name.isidentifier():
-        raise RewardError(f"task.reward {spec!r} must look like 'package.module:function' or 'file.py:function'")
+        raise RewardError(
+            f"task.reward {spec!r} must look like 'package.module:function' or 'file.py:function', or be a "
+            f"registered reward ({', '.join(REWARDS) or 'none registered'})"
+        )
+    if module_name.endswith(".py") and not Path(module_name).expanduser().is_file():
+        raise RewardError(f"task.reward: file {module_name} not found")
     try:
-        if module_name.endswith(".py"):
-            path = Path(module_name).expanduser().resolve()
-            if not path.is_file():
-                raise RewardError(f"task.reward: file {module_name} not found")
-            module_spec = importlib.util.spec_from_file_location(f"thermorl_user_reward_{path.stem}", path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[module_spec.name] = module
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except RewardError:
-        raise
+        module = import_user_module(module_name)
     except Exception as err:  # noqa: BLE001 - any import failure of user code is a user error
         raise RewardError(f"task.reward: cannot import {module_name}: {type(err).__name__}: {err}") from None
     function = getattr(module, function_name, None)
@@ -186,6 +180,27 @@ class NamedRewardFunction:
         return NamedRewardFunction, (self.spec,)
 
 
+class RegisteredRewardFunction:
+    """A reward function registered by name (``register_reward``); a worker process imports the module that
+    registered it (``source``: a module name, or the plug-in file it was loaded from) and looks it up again."""
+
+    def __init__(self, name: str, source: str | None = None) -> None:
+        if source is not None and name not in REWARDS:
+            import_user_module(source)
+        self.name = name
+        function = REWARDS[name].build
+        module = sys.modules.get(function.__module__)
+        from_file = function.__module__.startswith("thermorl_user_") and getattr(module, "__file__", None)
+        self.source = source or (module.__file__ if from_file else function.__module__)
+        self.__wrapped__ = function  # inspect.signature sees the user's parameters
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__wrapped__(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return RegisteredRewardFunction, (self.name, self.source)
+
+
 def reward_functions(config: Any, task: Any) -> list[RewardFunction]:
     """``task.rewards`` (or the one ``task.reward``) with ``task.reward_weights``; 'default' is the task's own."""
     specs = config.rewards or [config.reward]
@@ -195,6 +210,8 @@ def reward_functions(config: Any, task: Any) -> list[RewardFunction]:
         if spec == "default":
             function = task.default_reward()
             function.weight = weight
+        elif ":" not in spec and spec in REWARDS:
+            function = RewardFunction(RegisteredRewardFunction(spec), spec, weight, spec=spec)
         else:
             function = RewardFunction(NamedRewardFunction(spec), spec.rpartition(":")[2], weight, spec=spec)
         functions.append(function)
