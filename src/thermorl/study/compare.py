@@ -13,6 +13,7 @@ against the best fixed temperature; and the smallest paired difference the study
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from thermorl.config import CONTROLLERS, load_config
+from thermorl.config import CONTROLLERS, Config, load_config
 from thermorl.errors import ConfigError, ThermoRLError
 from thermorl.runtime.checkpoint import list_checkpoints
 from thermorl.runtime.tracking import read_jsonl
@@ -47,8 +48,8 @@ METRICS = (  # summary.json key, column title ({k}: train.eval_avg_k, {t}: train
 @dataclass(frozen=True)
 class Arm:
     """One setting of the study: a controller, ``fixed:T``, or ``name[key=value,...]`` with overrides of
-    the controller's own section (``introspective[schedule=joint]``) or of any dotted field
-    (``introspective[algorithm.lr=1e-4]``)."""
+    the controller's own section (``introspective[schedule=joint]``, ``by_class[temperatures.result=0.5]``) or
+    of any field of another section (``introspective[algorithm.lr=1e-4]``)."""
 
     label: str
     overrides: tuple[str, ...]
@@ -60,6 +61,7 @@ class Arm:
         return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in slug)
 
 
+CONFIG_SECTIONS = {f.name for f in dataclasses.fields(Config)}  # model, task, rollout, temperature, ...
 _ARM = re.compile(r"^(?P<name>[A-Za-z_]\w*)(?::(?P<value>[^\[\]]+))?(?:\[(?P<overrides>[^\[\]]*)\])?$")
 
 
@@ -105,7 +107,9 @@ def parse_arms(spec: str) -> list[Arm]:
             key, sep, setting = pair.partition("=")
             if not sep or not key.strip():
                 raise ThermoRLError(f"--controllers: {item!r}: {pair!r} must look like key=value")
-            key = key.strip() if "." in key else f"temperature.{name}.{key.strip()}"
+            key = key.strip()
+            if key.split(".")[0] not in CONFIG_SECTIONS:  # the controller's own section, nested keys included
+                key = f"temperature.{name}.{key}"
             overrides.append(f"{key}={setting.strip()}")
         try:
             load_config(None, overrides)
