@@ -129,7 +129,7 @@ def sample(
     for t in range(max_new_tokens):
         generated = t + 1
         logits = policy.logits(hidden)
-        tau, step_actions = controller.choose(StepContext(logits, hidden, t, rows, training_step))
+        tau, step_actions = controller.choose(StepContext(logits, hidden, t, rows, training_step, tokens[rows, :t]))
         if not torch.isfinite(logits).all():
             raise NonFiniteError(f"non-finite logits at completion token {t}")
         if not torch.isfinite(tau).all():

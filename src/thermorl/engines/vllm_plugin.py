@@ -118,7 +118,11 @@ class ThermoRLTemperature(LogitsProcessor):
                 rules.setdefault(id(state.plan), []).append(k)
         for members in rules.values():
             rows = [indices[k] for k in members]
-            taus = states[members[0]].plan.rule(logits[rows].float(), torch.tensor([positions[k] for k in members]))
+            plan = states[members[0]].plan
+            args = [logits[rows].float(), torch.tensor([positions[k] for k in members])]
+            if plan.reads_prefix:  # each row's completion so far (by_class)
+                args.append([list(states[k].output_ids) for k in members])
+            taus = plan.rule(*args)
             for k, tau in zip(members, taus.float().cpu().tolist()):
                 temperatures[k] = tau
         u = HEAD_OUTPUTS.get("u")

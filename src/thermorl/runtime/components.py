@@ -9,6 +9,7 @@ import random
 import copy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -64,7 +65,7 @@ def build_components(config: Config, policy: Policy | None = None) -> Components
     task = build_task(config.task)
     env = ControllerEnv(
         policy.hidden_size, config.train.steps, policy.device, config.rollout.group_size, config.train.seed,
-        gather_rows=dist.gather_rows, rank=dist.rank, world_size=dist.world_size,
+        gather_rows=dist.gather_rows, rank=dist.rank, world_size=dist.world_size, **token_class_env(task, policy),
     )
     controller = build_controller(config.temperature, env)
     dist.broadcast_parameters(policy.model, controller.module)
@@ -97,6 +98,20 @@ def build_components(config: Config, policy: Policy | None = None) -> Components
     return c
 
 
+def token_class_env(task: Task, policy: Policy) -> dict[str, Any]:
+    """The task's token classes for ``ControllerEnv``: the class of the next token from the completion ids so
+    far, read by the task's rule (``Task.token_class_rule``) on the decoded text; empty when it has none."""
+    rule = task.token_class_rule()
+    if rule is None:
+        return {}
+    tokenizer = policy.tokenizer
+
+    def next_token_class(ids: list[int]) -> str:
+        return rule.classify(tokenizer.decode(ids, skip_special_tokens=True))
+
+    return {"token_classes": rule.classes, "next_token_class": next_token_class}
+
+
 def trainable_parameters(c: Components) -> list[torch.nn.Parameter]:
     """The language model's parameters and, when the controller has one, its head's."""
     head = list(c.controller.module.parameters()) if c.controller.module is not None else []
@@ -120,7 +135,8 @@ def load_for_eval(config: Config) -> tuple[Policy, Task, TemperatureController]:
     policy = load_policy(config.model)
     task = build_task(config.task)
     env = ControllerEnv(
-        policy.hidden_size, config.train.steps, policy.device, config.rollout.group_size, config.train.seed
+        policy.hidden_size, config.train.steps, policy.device, config.rollout.group_size, config.train.seed,
+        **token_class_env(task, policy),
     )
     controller = build_controller(config.temperature, env)
     checkpoint_dir = Path(config.model.path).parent

@@ -7,6 +7,7 @@ and a held-out split whose prompts never appear in training.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,15 @@ def token_classes(pieces: list[str], is_end: list[bool]) -> list[str]:
             classes.append("other")
     return classes
 
+
+
+@dataclass(frozen=True)
+class TokenClassRule:
+    """A task's split of completion tokens into classes, for per-class temperatures (the ``by_class``
+    controller): ``classify(prefix)`` is the class of the NEXT token given the completion text so far."""
+
+    classes: tuple[str, ...]
+    classify: Callable[[str], str]
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,10 @@ class Task:
         """A plausible, well-formed completion that ignores the goal (for diluted warm starts).
         Tasks without choices return the demonstration."""
         return self.demonstration(problem)
+
+    def token_class_rule(self) -> TokenClassRule | None:
+        """The task's token classes (choice vs result on countdown), or None when it defines none."""
+        return None
 
     # -- provided -------------------------------------------------------------
     def default_reward(self) -> RewardFunction:

@@ -19,7 +19,7 @@ import re
 
 from thermorl.config import TaskConfig
 from thermorl.config.registry import TASKS
-from thermorl.tasks.base import Problem, Task
+from thermorl.tasks.base import Problem, Task, TokenClassRule
 
 STEP = re.compile(r"(\d{1,4})([+\-*])(\d{1,4})=(\d{1,5})")
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
@@ -83,9 +83,24 @@ class Countdown(Task):
     def demonstration(self, problem: Problem) -> str:
         return problem.data["solution"]
 
+    def token_class_rule(self) -> TokenClassRule:
+        """choice (which numbers, which operation, whether to go on) vs result (the digits after a step's '=')."""
+        return TokenClassRule(COUNTDOWN_CLASSES, countdown_next_class)
+
     def reward(self, problem: Problem, completion: str) -> float:
         solved = check_countdown(problem.data["numbers"], int(problem.answer), completion, self.operations)
         return 1.0 if solved else 0.0
+
+
+COUNTDOWN_CLASSES = ("choice", "result")
+
+
+def countdown_next_class(prefix: str) -> str:
+    """The class of the token after ``prefix``: 'result' inside a step's result, i.e. when the current step
+    (the text after the last ',') already holds its '=' (so the result's digits and the ',' or end that closes
+    it); 'choice' otherwise (the operands, the operation and the '='). ``7+3=10,10-2=8``: the tokens
+    ``1 0 , 8 <end>`` are results, ``7 + 3 = 1 0 - 2 =`` choices."""
+    return "result" if "=" in prefix.rpartition(",")[2] else "choice"
 
 
 def check_countdown(numbers: list[int], target: int, completion: str, operations: str = "+-*") -> bool:

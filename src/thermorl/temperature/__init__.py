@@ -10,7 +10,7 @@ from thermorl.config import TemperatureConfig
 from thermorl.config.registry import CONTROLLERS
 from thermorl.errors import ConfigError
 
-from thermorl.temperature import fixed, linear, ead, entropy, tampo, introspective  # noqa: F401  # isort: skip  (they register, in this order)
+from thermorl.temperature import fixed, linear, ead, entropy, tampo, introspective, by_class, multitemp  # noqa: F401,E501  # isort: skip  (they register, in this order)
 from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController
 
 

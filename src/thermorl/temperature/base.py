@@ -66,6 +66,7 @@ class StepContext:
     position: int  # index of the token being chosen within the completion
     rows: Tensor  # (B,) indices of these rows in the full rollout batch
     training_step: int
+    completion_ids: Tensor | None = None  # (B, position) the tokens these rows sampled so far (None: not given)
 
 
 @dataclass
@@ -81,6 +82,10 @@ class ControllerEnv:
     gather_rows: Callable[[Tensor], Tensor] = lambda rows: rows  # every process's rows, in global order
     rank: int = 0  # this process's place (its share is the rank-th of world_size equal ones)
     world_size: int = 1
+    # the task's token classes (Task.token_class_rule) read through the tokenizer: completion ids so far ->
+    # class of the next token; None when the task defines no classes
+    token_classes: tuple[str, ...] = ()
+    next_token_class: Callable[[list[int]], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,9 +100,12 @@ class PerRequest:
 class PerPosition:
     """tau_t = ``rule(logits, positions)``: (B, V) float32 untempered logits and (B,) long completion
     positions -> (B,) temperatures. Pure: what it reads beyond its arguments (the training step) is fixed
-    by ``start``, so an engine may apply it to any rows in any order."""
+    by ``start``, so an engine may apply it to any rows in any order. With ``reads_prefix`` the rule is
+    ``rule(logits, positions, prefixes)``, ``prefixes`` each row's completion token ids so far (list of
+    lists; by_class reads the class of the next token from them)."""
 
-    rule: Callable[[Tensor, Tensor], Tensor]
+    rule: Callable[..., Tensor]
+    reads_prefix: bool = False
 
 
 # (u (B, K), previous temperature (B,), generator) -> temperatures (B,) and the actions drawn (B,)
@@ -156,6 +164,10 @@ class TemperatureController:
             return temperatures[ctx.rows], TemperatureActions()
         if isinstance(plan, PerPosition):
             positions = torch.full_like(ctx.rows, ctx.position)
+            if plan.reads_prefix:
+                if ctx.completion_ids is None:
+                    raise RuntimeError(f"controller {self.name!r} reads the completion so far; the sampler gave none")
+                return plan.rule(ctx.logits.float(), positions, ctx.completion_ids.tolist()), TemperatureActions()
             return plan.rule(ctx.logits.float(), positions), TemperatureActions()
         raise NotImplementedError(f"controller {self.name!r}: a head controller implements choose with its draw")
 
