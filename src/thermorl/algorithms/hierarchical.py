@@ -169,3 +169,22 @@ def temperature_policy_loss(
         loss = loss + kl_coef * mean_kl
         diagnostics["kl_initial"] = mean_kl.detach()
     return loss, diagnostics
+
+
+def group_signal_advantages(advantages: Tensor, group_ids: Tensor, tol: float = 1e-8) -> Tensor:
+    """The head's credit for what helps the LM learn: whether its group gave GRPO a learning signal.
+
+        s_g = 1[max_{i in g} |A_i| > 0]   (a group with reward variance; binary rewards: 0 < successes < G)
+        A^head_i = s_{g(i)} - mean_g s_g   (the batch's signal rate as the baseline, one value per group)
+
+    ``advantages`` (N,) are the LM's advantages (zero in every row of a zero-variance group), ``group_ids``
+    (N,) name each row's group. Every row of a group gets its group's credit: the group's rows share it,
+    as cooperating agents share a reward, so a head whose temperatures turn all-fail or all-pass groups
+    into mixed ones is pushed towards them, whatever the in-group reward prefers.
+    """
+    _, group = torch.unique(group_ids, return_inverse=True)
+    count = int(group.max().item()) + 1 if group.numel() else 0
+    magnitude = torch.zeros(count, dtype=advantages.dtype, device=advantages.device)
+    magnitude = magnitude.scatter_reduce(0, group, advantages.abs(), reduce="amax", include_self=True)
+    signal = (magnitude > tol).to(advantages.dtype)
+    return signal[group] - signal.mean()

@@ -73,6 +73,7 @@ def grpo_update(
     if algo.mask_truncated_completions:
         kept = (~truncated_completions(c.policy, batch, config.rollout.max_new_tokens)).float()
         overlong = {"truncated_fraction": 1.0 - kept.mean().item()}
+    head_advantages = c.controller.head_advantages(advantages, batch.group_ids)
     totals: dict[str, float] = {}
     updates = lm_steps = head_steps = 0
     logits_for_controller = []
@@ -107,7 +108,7 @@ def grpo_update(
                 )
                 metrics.update({name: value.item() for name, value in diagnostics.items()})
             head_loss, head_metrics = c.controller.policy_loss(
-                scored.hidden, mb_old.head_actions(mb.actions), advantages[index], mask, step
+                scored.hidden, mb_old.head_actions(mb.actions), head_advantages[index], mask, step
             )
             metrics.update(head_metrics)
             if head_loss is not None:

@@ -180,6 +180,11 @@ class TemperatureController:
         """Whether the language model is updated at this step (coordinate ascent may freeze it)."""
         return True
 
+    def head_advantages(self, advantages: Tensor, group_ids: Tensor) -> Tensor:
+        """The per-row credit ``policy_loss`` receives for a whole batch (N,): the LM's advantages unless the
+        controller credits its own actions otherwise (introspective's credit=signal)."""
+        return advantages
+
     def policy_loss(
         self, hidden: Tensor, actions: TemperatureActions, advantages: Tensor, mask: Tensor, training_step: int
     ) -> tuple[Tensor | None, dict[str, float]]:

@@ -32,6 +32,7 @@ from thermorl.algorithms.hierarchical import (
     bins_kl,
     bins_logprob,
     clamp_unit,
+    group_signal_advantages,
     hybrid_entropy,
     hybrid_kl,
     hybrid_logprob,
@@ -132,6 +133,11 @@ class IntrospectiveConfig:
         "groups at fixed 1.0's level over 300 steps, where 0 cooled to the floor (docs/RESULTS.md).",
         0.1,
     )
+    credit: Literal["reward", "signal"] = doc(
+        "What the head's actions are credited with: 'reward', the LM's advantage of its completion (the paper); "
+        "'signal', whether its group gave the LM a learning signal (reward variance), against the batch's rate "
+        "(thermorl.algorithms.hierarchical.group_signal_advantages).", "reward"
+    )
     epsilon: float = doc("Clip range of the temperature policy's own ratio (1 +- epsilon).", 0.2)
     gate_init: float = doc("P(gate fires) of the freshly initialised head (its output layer starts at zero).", 0.5)
     concentration_init: float = doc(
@@ -222,6 +228,12 @@ class IntrospectiveController(TemperatureController):
         if actions.bin is not None:
             return bins_logprob(u, actions.bin)
         return temperature_logprob(u, actions.gate, actions.z, self.config.eps)
+
+    def head_advantages(self, advantages: Tensor, group_ids: Tensor) -> Tensor:
+        """credit=reward: the LM's advantages; credit=signal: each group's learning signal (see the config)."""
+        if self.config.credit == "signal":
+            return group_signal_advantages(advantages, group_ids)
+        return advantages
 
     def policy_loss(
         self, hidden: Tensor, actions: TemperatureActions, advantages: Tensor, mask: Tensor, training_step: int
