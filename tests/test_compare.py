@@ -90,7 +90,7 @@ def test_compare_command_runs_aggregates_and_resumes(tmp_path):
     for name in ("compare.md", "curves.png", "final_accuracy.png", "dynamics.png", "learned_temperatures.png"):
         assert (out / name).stat().st_size > 0
     table = (out / "compare.md").read_text()
-    assert ("| arm | LM updates | mean T, zero-var groups (last 50 steps) | greedy acc | avg@8 at T=1.0 | "
+    assert ("| arm | LM updates | mean T, zero-var groups (last 50 steps) | T by task class (last 50) | greedy acc | avg@8 at T=1.0 | "
             "pass@8 at T=1.0 | avg@8 own temps | greedy acc - best fixed (paired) | runs |") in table
     assert "| introspective | 2 | " in table and "| fixed:1.0 | 2 | 1.00, " in table and result["k"] == 8
     assert set(result["arms"]["fixed:1.0"]["accuracy_by_step"]) == {"0", "2"}  # JSON keys: the evaluated steps

@@ -147,7 +147,7 @@ def pretrain(
             fail(f"output directory {out} exists and is not empty")
         summary = run_pretrain(
             cfg.task, cfg.model, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, attempt_fraction=attempt_fraction,
-            threads=cfg.train.threads,
+            threads=cfg.train.threads, max_new_tokens=cfg.rollout.max_new_tokens,
             on_eval=lambda s, loss, acc: console.print(f"step {s:>5}  loss {loss:.4f}  held-out greedy acc {acc:.3f}"),
         )
     except ThermoRLError as err:
@@ -308,6 +308,12 @@ def compare(
     doc: Optional[Path] = typer.Option(
         None, help="Also write the table and plots into this markdown file's compare:begin/end block."
     ),
+    doc_block: Optional[str] = typer.Option(
+        None, help="Write into the named block <!-- compare:NAME:begin/end --> of --doc instead (several per file)."
+    ),
+    aggregate_only: bool = typer.Option(
+        False, help="Start no run: tabulate the runs finished so far (e.g. while the study runs elsewhere)."
+    ),
 ) -> None:
     """Train every controller x seed at one budget; write a table with 95% intervals, compare.json and plots.
 
@@ -326,7 +332,7 @@ def compare(
         for arm in arms:  # a bad config fails here, before any run starts
             load_config(config, [*arm.overrides, *overrides, f"train.steps={steps}"])
         if doc is not None:
-            study.read_doc(doc)
+            study.read_doc(doc, doc_block)
         study.check_study(out, steps, config, list(overrides))
     except ThermoRLError as err:
         fail(str(err))
@@ -347,16 +353,18 @@ def compare(
 
     with bar:
         task = bar.add_task("runs", total=todo)
-        failed = study.execute(runs, steps, jobs, config, list(overrides), finished)
+        failed = [] if aggregate_only else study.execute(runs, steps, jobs, config, list(overrides), finished)
     try:
         result = study.aggregate(out, arms, seeds)
         if doc is not None:
-            study.update_doc(doc, out, "thermorl " + " ".join(sys.argv[1:]))
+            study.update_doc(doc, out, "thermorl " + " ".join(sys.argv[1:]), doc_block)
     except ThermoRLError as err:
         fail(str(err))
     Console().print((out / "compare.md").read_text(), highlight=False, soft_wrap=True, markup=False)
     console.print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}, {out / 'curves.png'}, {out / 'final_accuracy.png'}")
-    if failed or result["missing_runs"]:
+    if aggregate_only and result["missing_runs"]:
+        console.print(f"{len(result['missing_runs'])} run(s) not finished yet (left out of the table)")
+    elif failed or result["missing_runs"]:
         console.print(f"[bold red]error:[/] {len(failed)} run(s) failed; rerun the same command to retry them")
         raise typer.Exit(code=1)
 

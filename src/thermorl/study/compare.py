@@ -33,6 +33,8 @@ from thermorl.errors import ConfigError, ThermoRLError
 from thermorl.runtime.checkpoint import list_checkpoints
 from thermorl.runtime.tracking import read_jsonl
 from thermorl.study import stats
+from thermorl.study.doc_blocks import read_doc, replace_block, update_doc  # noqa: F401  (the CLI's)
+from thermorl.study.headroom import class_temperatures, headroom, headroom_line
 
 METRICS = (  # summary.json key, column title ({k}: train.eval_avg_k, {t}: train.eval_temperature of the runs)
     ("final_eval_accuracy", "greedy acc"),
@@ -256,6 +258,13 @@ def aggregate(out: Path, arms: list[Arm], seeds: int) -> dict:
             steps = sorted(set.intersection(*(set(e["accuracy_by_step"]) for e in explored)))
             row["accuracy_by_step"] = {step: sum(e["accuracy_by_step"][step] for e in explored) / len(explored)
                                        for step in steps}
+        rule = _task_rule(first_run.out)
+        by_class = [class_temperatures(read_jsonl(r.out / "samples.jsonl"), rule)
+                    for r in runs if r.arm == arm and r.done and rule is not None and (r.out / "samples.jsonl").is_file()]
+        by_class = [t for t in by_class if t]
+        if by_class:
+            names = sorted(set.intersection(*(set(t) for t in by_class)))
+            row["class_temperatures_last"] = {n: sum(t[n] for t in by_class) / len(by_class) for n in names}
         for key, _ in METRICS:
             values = [per_seed[s][key] for s in sorted(per_seed) if key in per_seed[s]]
             if values and len(values) == len(per_seed):
@@ -288,8 +297,10 @@ def aggregate(out: Path, arms: list[Arm], seeds: int) -> dict:
         "warm_start_accuracy": first["initial_eval_accuracy"],
         "eval_noise_se": stats.binomial_se(first["initial_eval_accuracy"], problems),
         "resolution": _resolution(table, complete, seeds),
+        "seeds_for_3_points": _seeds_for(0.03, _resolution(table, complete, seeds), seeds),
         "arms": table,
         "introspective_vs_best_fixed": comparison,
+        "headroom": headroom(table, [a.label for a in arms], seeds),
         "missing_runs": [f"{r.arm.label} seed {r.seed}" for r in runs if not r.done],
     }
     (out / "compare.json").write_text(json.dumps(result, indent=2))
@@ -301,6 +312,13 @@ def aggregate(out: Path, arms: list[Arm], seeds: int) -> dict:
     return result
 
 
+def _task_rule(run_dir: Path):  # -> TokenClassRule | None
+    """The token-class rule of the task a finished run trained on (from its config.yaml)."""
+    from thermorl.tasks import build_task
+
+    return build_task(load_config(run_dir / "config.yaml", []).task).token_class_rule()
+
+
 def _resolution(table: dict, complete: list[Arm], seeds: int) -> float:
     """The study's resolution: MDE of a paired comparison, with s_d pooled over every pair of complete arms."""
     diffs_var = []
@@ -310,7 +328,19 @@ def _resolution(table: dict, complete: list[Arm], seeds: int) -> float:
             diffs_var.append(stats.sd([u - v for u, v in zip(x, y)]) ** 2)
     if not diffs_var:
         return float("nan")
-    return stats.min_detectable_difference(math.sqrt(sum(diffs_var) / len(diffs_var)), seeds)
+    return stats.min_detectable_difference(_pooled_sd(diffs_var), seeds)
+
+
+def _seeds_for(target: float, resolution: float, seeds: int) -> int | None:
+    """Seeds a paired comparison needs to resolve ``target``, at the pooled s_d behind ``resolution``."""
+    if not resolution == resolution or seeds < 2:
+        return None
+    diffs_sd = resolution / stats.min_detectable_difference(1.0, seeds)  # MDE is linear in s_d
+    return stats.seeds_for_resolution(diffs_sd, target)
+
+
+def _pooled_sd(diffs_var: list[float]) -> float:
+    return math.sqrt(sum(diffs_var) / len(diffs_var))
 
 
 def markdown_table(result: dict) -> str:
@@ -323,15 +353,17 @@ def markdown_table(result: dict) -> str:
         f"(greedy), warm start {result['warm_start_accuracy']:.3f}; LM updates: optimizer steps of the language "
         "model per run.",
         "",
-        "| arm | LM updates | mean T, zero-var groups (last 50 steps) | "
+        "| arm | LM updates | mean T, zero-var groups (last 50 steps) | T by task class (last 50) | "
         + " | ".join(label.format(k=k, t=t) for _, label in METRICS)
         + " | greedy acc - best fixed (paired) | runs |",
-        "|---|" + "---|" * (len(METRICS) + 4),
+        "|---|" + "---|" * (len(METRICS) + 5),
     ]
     for label, row in result["arms"].items():
         cells = [f"{row['lm_updates']:.0f}" if "lm_updates" in row else "-"]
         cells.append(f"{row['temperature_last']:.2f}, {row['zero_variance_last']:.0%}" if "temperature_last" in row
                      else "-")
+        classes = row.get("class_temperatures_last")
+        cells.append(", ".join(f"{name} {tau:.2f}" for name, tau in classes.items()) if classes else "-")
         cells += [f"{row[k]['mean']:.3f} +- {row[k]['ci95']:.3f}" if k in row else "-" for k, _ in METRICS]
         paired = row.get("vs_best_fixed")
         cells.append(f"{paired['mean_difference']:+.3f} +- {paired['ci95']:.3f} (p {paired['p_value']:.2g})"
@@ -339,7 +371,11 @@ def markdown_table(result: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(row['seeds'])} |")
     lines += ["", f"Resolution: a paired difference of {result['resolution']:.3f} in greedy accuracy is detected "
               f"with 80% power at alpha 0.05 (s_d pooled over all controller pairs); one accuracy on "
-              f"{result['eval_problems']} problems has a standard error of {result['eval_noise_se']:.3f}."]
+              f"{result['eval_problems']} problems has a standard error of {result['eval_noise_se']:.3f}."
+              + (f" A resolution of 0.03 would need {result['seeds_for_3_points']} seeds at this s_d."
+                 if result.get("seeds_for_3_points") else "")]
+    if result.get("headroom"):
+        lines.append(headroom_line(result["headroom"]))
     c = result["introspective_vs_best_fixed"]
     if c:
         verdict = ("beats" if c["mean_difference"] > 0 else "is worse than") if c["p_value"] < 0.05 else \
@@ -352,42 +388,3 @@ def markdown_table(result: dict) -> str:
     if result["missing_runs"]:
         lines.append(f"Missing runs: {', '.join(result['missing_runs'])}.")
     return "\n".join(lines) + "\n"
-
-
-DOC_BEGIN, DOC_END = "<!-- compare:begin -->", "<!-- compare:end -->"
-
-
-def read_doc(doc: Path) -> str:
-    """The text of a document with a compare block to fill (checked before a study starts)."""
-    text = doc.read_text() if doc.is_file() else ""
-    if DOC_BEGIN not in text or DOC_END not in text:
-        raise ThermoRLError(f"--doc {doc} has no {DOC_BEGIN} ... {DOC_END} block to fill")
-    return text
-
-
-def update_doc(doc: Path, out: Path, command: str) -> None:
-    """Replace the block between DOC_BEGIN and DOC_END in ``doc`` with this study's table and plots
-    (copied to ``doc``'s folder as images/compare_*.png), so one command refreshes the document."""
-    text = read_doc(doc)
-    images = doc.parent / "images"
-    images.mkdir(exist_ok=True)
-    for name in ("curves.png", "final_accuracy.png", "dynamics.png", "learned_temperatures.png"):
-        if (out / name).is_file():
-            shutil.copyfile(out / name, images / f"compare_{name}")
-    block = "\n".join([
-        DOC_BEGIN,
-        f"Generated by `{command}` on {time.strftime('%Y-%m-%d')}.",
-        "",
-        (out / "compare.md").read_text().strip(),
-        "",
-        "![final accuracy per controller](images/compare_final_accuracy.png)",
-        "",
-        "![training reward per step](images/compare_curves.png)",
-        "",
-        "![temperature, zero-variance groups and entropy per step](images/compare_dynamics.png)",
-        "",
-        "![learned temperatures by token class, and TAMPO's T*](images/compare_learned_temperatures.png)",
-        DOC_END,
-    ])
-    head, rest = text.split(DOC_BEGIN, 1)
-    doc.write_text(head + block + rest.split(DOC_END, 1)[1])

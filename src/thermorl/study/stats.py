@@ -67,3 +67,14 @@ def bootstrap_interval(values: list[float], resamples: int = 2000, seed: int = 0
         rng=np.random.default_rng(seed),
     )
     return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
+
+
+def seeds_for_resolution(diffs_sd: float, target: float, alpha: float = 0.05, power: float = 0.8,
+                         most: int = 10_000) -> int | None:
+    """The fewest paired seeds n with min_detectable_difference(s_d, n) <= ``target`` (None: more than ``most``)."""
+    if not diffs_sd > 0:
+        return 2
+    for n in range(2, most + 1):
+        if min_detectable_difference(diffs_sd, n, alpha, power) <= target:
+            return n
+    return None
