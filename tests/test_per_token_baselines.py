@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from thermorl.config import ModelConfig, load_config
-from thermorl.engines.hf import encode_prompts, sample, score
+from thermorl.engines.hf import encode_prompts, sample
+from thermorl.runtime.forward import score
 from thermorl.errors import ConfigError
 from thermorl.models import load_policy
 from thermorl.runtime.components import token_class_env

@@ -17,7 +17,9 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "thermorl"
 
 def _controller(name, *overrides):
     config = load_config(None, [f"temperature.controller={name}", *overrides])
-    return build_controller(config.temperature, ControllerEnv(16, 10, torch.device("cpu"), 2, 0))
+    env = ControllerEnv(16, 10, torch.device("cpu"), 2, 0, token_classes=("choice", "result"),
+                        next_token_class=lambda ids: "result" if ids and ids[-1] == 7 else "choice")  # by_class's
+    return build_controller(config.temperature, env)
 
 
 @pytest.mark.parametrize("name", list(CONTROLLERS))
@@ -29,13 +31,15 @@ def test_every_registered_controller_declares_a_plan_both_engines_run(name):
     plan = controller.sampling()
     assert isinstance(plan, (PerRequest, PerPosition, InModelHead))
     logits = torch.randn(4, 11, generator=torch.Generator().manual_seed(0))
-    ctx = StepContext(logits, torch.randn(4, 16), 12, torch.arange(4), 3)
+    prefixes = torch.tensor([[1] * 11 + [7], [2] * 12, [7] * 12, [3] * 12])  # the completions so far
+    ctx = StepContext(logits, torch.randn(4, 16), 12, torch.arange(4), 3, prefixes)
     tau, _ = controller.choose(ctx)
     assert tau.shape == (4,) and torch.isfinite(tau).all()
     if isinstance(plan, PerRequest):
         assert torch.equal(tau, plan.temperatures.float().reshape(-1).expand(4))
     elif isinstance(plan, PerPosition):
-        assert torch.equal(tau, plan.rule(logits, torch.full((4,), 12)))
+        extra = [prefixes.tolist()] if plan.reads_prefix else []
+        assert torch.equal(tau, plan.rule(logits, torch.full((4,), 12), *extra))
     else:
         assert plan.module is controller.module
 

@@ -5,7 +5,8 @@ import random
 import torch
 
 from thermorl.config import load_config
-from thermorl.engines.hf import encode_prompts, score
+from thermorl.engines.hf import encode_prompts
+from thermorl.runtime.forward import score
 from thermorl.runtime.components import token_class_env
 from thermorl.tasks.countdown import countdown_next_class
 from thermorl.temperature import ControllerEnv, build_controller
