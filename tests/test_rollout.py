@@ -1,5 +1,6 @@
 """The sampler records exactly what the trainer later recomputes."""
 
+import pytest
 import torch
 
 from thermorl.engines.hf import decode_completions, encode_prompts, sample
@@ -102,3 +103,38 @@ def test_left_padding_does_not_change_a_rows_distribution(tiny_policy):
     alone = sample(tiny_policy, controller, ids_alone, mask_alone, 1, greedy=True)
     batched = sample(tiny_policy, controller, ids_batch, mask_batch, 1, greedy=True)
     assert torch.allclose(alone.logprobs[0], batched.logprobs[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (5, 0.9)])
+def test_chunked_fused_head_equals_the_full_logits_in_values_and_gradients(tiny_policy, top_k, top_p):
+    """score(chunk_tokens=7): the LM head and log-softmax applied 7 generated tokens at a time under
+    checkpointing give the full pass's log-probs and entropies, 0 at padding, and the same gradients of a loss
+    that reads both (so the recomputed backward is right), with per-token temperatures and truncation."""
+    ids, mask = _prompts(tiny_policy)
+    batch = sample(tiny_policy, PositionAndRowTemperature(), ids, mask, 20, torch.Generator().manual_seed(3),
+                   top_k=top_k, top_p=top_p)
+    lengths = torch.tensor([20, 13, 5, 17, 1, 20, 8, 11, 19, 2, 20, 9])  # completions that stopped early
+    batch.completion_mask = (torch.arange(batch.completion_mask.shape[1]) < lengths.unsqueeze(1)).float()
+    valid = batch.completion_mask.bool()
+    assert (~valid).any() and valid.sum() % 7 != 0  # padding to skip, and a last chunk that is not full
+    weights = torch.randn(batch.completion_mask.shape, generator=torch.Generator().manual_seed(4))
+    results = []
+    for chunk in (0, 7):
+        tiny_policy.model.zero_grad(set_to_none=True)
+        scored = score(tiny_policy, batch, chunk_tokens=chunk)
+        assert (scored.logits is None) == (chunk > 0)
+        ((scored.logprobs * weights + 0.3 * scored.entropies) * batch.completion_mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in tiny_policy.model.named_parameters() if p.grad is not None}
+        results.append((scored.logprobs.detach(), scored.entropies.detach(), grads))
+    tiny_policy.model.zero_grad(set_to_none=True)
+    (full_lp, full_h, full_g), (chunk_lp, chunk_h, chunk_g) = results
+    torch.testing.assert_close(chunk_lp[valid], full_lp[valid], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunk_h[valid], full_h[valid], rtol=1e-5, atol=1e-5)
+    assert torch.all(chunk_lp[~valid] == 0) and torch.all(chunk_h[~valid] == 0)
+    assert set(chunk_g) == set(full_g) and len(full_g) == len(list(tiny_policy.model.parameters()))
+    for name in full_g:
+        error = (chunk_g[name] - full_g[name]).norm() / full_g[name].norm()
+        assert full_g[name].norm() > 0 and error < 1e-5, name  # float32 summation order
+    with torch.no_grad():  # without gradients the chunks run plainly, to the same numbers
+        torch.testing.assert_close(score(tiny_policy, batch, chunk_tokens=7).logprobs[valid], full_lp[valid],
+                                   rtol=1e-5, atol=1e-5)

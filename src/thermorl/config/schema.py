@@ -352,14 +352,21 @@ class TrainConfig:
     max_bad_steps: int = doc(
         "Stop after this many consecutive steps skipped for NaN/inf logits, loss or gradients.", 5
     )
+    logit_chunk_tokens: int = doc(
+        "The trainer's forward applies the LM head to this many generated tokens at a time, fused with the "
+        "log-softmax and recomputed in backward (Liger's fused linear cross-entropy idea), so the full "
+        "(tokens x vocab) logits never exist at once and padding is not scored; 0 = all tokens at once. "
+        "Controllers that read the training logits (TAMPO) always get them whole.",
+        1024,
+    )
 
     def validate(self) -> None:
         positive(
             self, "steps", "eval_every", "eval_avg_k", "eval_avg_problems", "keep_checkpoints", "max_bad_steps",
             "eval_temperature", section="train",
         )
-        if self.checkpoint_every < 0 or self.threads < 0:
-            raise ConfigError("train.checkpoint_every and train.threads must be >= 0")
+        if self.checkpoint_every < 0 or self.threads < 0 or self.logit_chunk_tokens < 0:
+            raise ConfigError("train.checkpoint_every, train.threads and train.logit_chunk_tokens must be >= 0")
         if not 0 <= self.seed < 2**62:  # torch generators take 64-bit seeds; derived seeds add offsets
             raise ConfigError(f"train.seed must be in [0, 2**62), got {self.seed}")
 

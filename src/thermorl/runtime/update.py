@@ -46,17 +46,18 @@ def grpo_update(
     recomputes = not exact or algo.recompute_old_logprobs  # pi_old = the trainer's own log-probs
     one_forward = recomputes and not off_policy and single_optimizer_step(config)
     spec = correction_spec(config) if recomputes else CorrectionSpec()
+    chunk = 0 if c.controller.needs_logits_after_update else config.train.logit_chunk_tokens  # TAMPO reads logits
     old = None if recomputes else OldPolicy(batch.logprobs)
     if recomputes and not one_forward:
         with torch.no_grad():
-            scored = score(c.policy, batch)
+            scored = score(c.policy, batch, chunk_tokens=chunk)
         old = old_policy(batch, scored.logprobs, head_logprobs(c.controller, scored.hidden, batch.actions), spec)
         if not exact:
             batch.entropies = scored.entropies
     if off_policy:  # pi_old at the training temperatures, w_t = min(pi_old(y_t | T_train) / pi(y_t | T_sampled), C)
         batch = replace(batch, temperatures=train_temperatures)
         with torch.no_grad():
-            at_train = score(c.policy, batch).logprobs
+            at_train = score(c.policy, batch, chunk_tokens=chunk).logprobs
         cap = c.controller.is_cap
         importance = (truncated_importance_weights(at_train, sampled_logprobs, cap),
                       (at_train - sampled_logprobs > math.log(cap)).float())
@@ -64,7 +65,7 @@ def grpo_update(
     ref_logprobs = None
     if c.reference is not None:
         with torch.no_grad():
-            ref_logprobs = score(c.reference, batch).logprobs
+            ref_logprobs = score(c.reference, batch, chunk_tokens=chunk).logprobs
 
     # the top-entropy mask needs the batch's entropies: one_forward without the sampler's has them after its pass
     late_pg_mask = one_forward and not exact and algo.top_entropy_fraction < 1.0
@@ -84,7 +85,7 @@ def grpo_update(
             mask = mb.completion_mask if kept is None else mb.completion_mask * kept[index].unsqueeze(-1)
             share = c.dist.token_share(mask)  # 1.0 in one process; see thermorl.runtime.distributed
             with torch.set_grad_enabled(trains_lm):
-                scored = score(c.policy, mb)
+                scored = score(c.policy, mb, chunk_tokens=chunk)
             if one_forward:  # the one optimizer step's own forward is pi_old, detached (ratio exactly 1)
                 old = old_policy(mb, scored.logprobs, head_logprobs(c.controller, scored.hidden, mb.actions), spec)
                 mb_old = old
