@@ -59,6 +59,10 @@ _ROW_FIELDS = (
 class RolloutEngine(Protocol):
     """Samples completions for prompts with a controller's per-token temperatures."""
 
+    # True: the engine holds its own copy of the weights, written by ``sync_weights`` (vLLM), so sampling reads
+    # no policy parameter; False: it samples from the policy's live parameters (gathered under FSDP first)
+    owns_weights: bool
+
     def generate(
         self,
         prompts: Sequence[str],
@@ -80,6 +84,11 @@ class RolloutEngine(Protocol):
 
     def sync_weights(self) -> None:
         """Make the next ``generate`` sample from the policy's current weights (after an optimizer step)."""
+        ...
+
+    def sleep(self) -> None:
+        """Free what the engine holds while the update runs (vLLM on a GPU with rollout.vllm.sleep_between_steps;
+        a no-op otherwise); ``sync_weights`` and ``generate`` wake it."""
         ...
 
 

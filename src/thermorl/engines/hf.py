@@ -184,6 +184,7 @@ class HFEngine:
     """
 
     name = "hf"
+    owns_weights = False  # samples from the policy's live parameters (gathered under FSDP while it samples)
 
     def __init__(self, policy: Policy, config: RolloutConfig, controller: TemperatureController | None = None) -> None:
         """``controller`` is accepted as every engine is built (``build_engine``); this sampler asks the
@@ -221,6 +222,9 @@ class HFEngine:
 
     def sync_weights(self) -> None:
         """Nothing to do: sampling uses the training model's own parameters."""
+
+    def sleep(self) -> None:
+        """Nothing to free: the sampler holds no memory of its own between rollouts."""
 
 
 def decode_completions(policy: Policy, batch: RolloutBatch) -> list[str]:

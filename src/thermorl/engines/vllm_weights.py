@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,18 +33,18 @@ def _full(tensor: Tensor) -> Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
-def merged_weights(policy: Policy) -> Iterator[tuple[str, Tensor]]:
-    """The policy's weights under their Hugging Face names, one at a time; LoRA adapters merged, FSDP shards
-    gathered (one parameter per step of the iterator)."""
+def merged_weights(policy: Policy, skip: tuple[str, ...] = ()) -> Iterator[tuple[str, Tensor]]:
+    """The policy's weights under their Hugging Face names, one at a time, except ``skip``; LoRA adapters
+    merged, FSDP shards gathered (one parameter per step of the iterator)."""
     model = policy.model
     if not hasattr(model, "peft_config"):
-        yield from ((name, _full(p.detach())) for name, p in model.state_dict().items())
+        yield from ((name, _full(p.detach())) for name, p in model.state_dict().items() if name not in skip)
         return
     from peft.tuners.lora import LoraLayer
 
     base = model.get_base_model()
-    deltas = {
-        name: module.get_delta_weight(module.active_adapters[0]) for name, module in base.named_modules()
+    adapted = {  # each delta B A is computed when its weight is read, not all at once
+        name: module for name, module in base.named_modules()
         if isinstance(module, LoraLayer) and module.active_adapters and module.active_adapters[0] in module.lora_A
     }
     for name, tensor in base.state_dict().items():
@@ -53,8 +52,11 @@ def merged_weights(policy: Policy) -> Iterator[tuple[str, Tensor]]:
             continue
         module_name = name.rsplit(".", 2)[0] if ".base_layer." in name else None
         clean = name.replace(".base_layer", "")
-        if module_name in deltas and name.endswith(".base_layer.weight"):
-            tensor = tensor + deltas[module_name].to(tensor.dtype)
+        if clean in skip:
+            continue
+        if module_name in adapted and name.endswith(".base_layer.weight"):
+            module = adapted[module_name]
+            tensor = tensor + module.get_delta_weight(module.active_adapters[0]).to(tensor.dtype)
         yield clean, tensor.detach()
 
 
@@ -62,24 +64,18 @@ def engine_weights(policy: Policy, head: nn.Module | None) -> Iterator[tuple[str
     """What the engine loads after each optimizer step: the policy's weights (a tied output head left out)
     and the temperature head's under ``HEAD_PREFIX``; lazily, one tensor at a time."""
     tied = bool(getattr(unwrapped(policy).config, "tie_word_embeddings", False))
-    for name, tensor in merged_weights(policy):
-        if not (tied and name == "lm_head.weight"):
-            yield name, tensor
+    yield from merged_weights(policy, ("lm_head.weight",) if tied else ())
     if head is not None:
         for name, tensor in head.state_dict().items():
             yield HEAD_PREFIX + name, tensor.detach()
 
 
-def save_policy(policy: Policy, directory: str) -> Any:
-    """config.json + model.safetensors of the policy's current (merged, gathered) weights for vLLM to start
-    from; returns the Hugging Face config. Written one tensor at a time into a file of its own."""
-    from safetensors.torch import save_file
-
+def save_config(policy: Policy, directory: str) -> Any:
+    """The policy's Hugging Face config.json in ``directory`` (vLLM starts from it with random weights, which
+    the engine then overwrites with ``engine_weights``); returns the config."""
     hf_config = copy.deepcopy(unwrapped(policy).config)
     if not getattr(hf_config, "architectures", None):  # e.g. a model loaded from a .gguf file
         hf_config.architectures = [type(unwrapped(policy)).__name__]
     hf_config.save_pretrained(directory)
-    weights = {name: tensor.contiguous().cpu() for name, tensor in engine_weights(policy, None)}
-    save_file(weights, os.path.join(directory, "model.safetensors"))
     return hf_config
 

@@ -16,7 +16,7 @@ import torch
 from thermorl.config import Config
 from thermorl.engines import RolloutEngine, build_engine
 from thermorl.engines.vllm import check_supported as check_vllm
-from thermorl.errors import ConfigError, ModelLoadError
+from thermorl.errors import ModelLoadError
 from thermorl.models.policy import Policy, load_policy
 from thermorl.engines.hf import uses_chat_template
 from thermorl.rewards import build_reward_guard
@@ -75,8 +75,6 @@ def build_components(config: Config, policy: Policy | None = None) -> Components
     elif config.algorithm.beta > 0:
         reference = Policy(copy.deepcopy(policy.model).eval().requires_grad_(False), policy.tokenizer)
     if dist.fsdp is not None:  # parameters become shards in place: before the optimizer is built
-        if config.rollout.engine != "hf":
-            raise ConfigError(f"rollout.engine={config.rollout.engine} is not supported with FSDP; use rollout.engine=hf")
         fsdp.shard_policy(policy, dist.fsdp)
     lm_optimizer = torch.optim.AdamW(
         policy.model.parameters(), lr=config.algorithm.lr, weight_decay=config.algorithm.weight_decay

@@ -86,7 +86,8 @@ def sample_and_score(
 
 def _round(c: Components, state: LoopState, step: int, problems: list, group_size: int):
     group_ids = torch.arange(len(problems)) // group_size  # problems hold whole groups, in order
-    with fsdp.full_weights(c.policy), c.dist.coordinated():  # gathered weights (FSDP); NaN in one process skips all
+    reads = None if c.engine.owns_weights else c.policy  # gathered weights (FSDP) for an engine that reads them
+    with fsdp.full_weights(reads), c.dist.coordinated():  # NaN or an engine failure in one process stops all
         batch = c.engine.generate(
             [p.prompt for p in problems], c.controller, state.generator, group_ids=group_ids, training_step=step
         )

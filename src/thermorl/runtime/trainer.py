@@ -195,6 +195,7 @@ def train_step(
     for group in c.lm_optimizer.param_groups:
         group["lr"] = lr
     # pi_old, the rollout correction (vLLM) and the update; an engine without entropies gets the trainer's
+    c.engine.sleep()  # vLLM on a GPU with rollout.vllm.sleep_between_steps: its memory is the update's meanwhile
     diagnostics = grpo_update(c, config, batch, advantages, step, state.generator)
     metrics = {"step": step, **batch_statistics(*gather_batch(c.dist, batch, rewards), rollout.group_size)}
     metrics.update(sampling)  # dynamic sampling's rounds and groups, when it is on

@@ -103,7 +103,8 @@ def evaluate_policy(
     problems = c.dist.stride(c.task.eval_problems())
     sampled = c.dist.stride(c.task.eval_problems()[: config.train.eval_avg_problems])
     reward = c.reward
-    with fsdp.full_weights(c.policy), c.dist.coordinated():  # no collectives inside: shards may differ in size
+    reads = None if c.engine.owns_weights else c.policy  # gathered (FSDP) for an engine that reads the policy
+    with fsdp.full_weights(reads), c.dist.coordinated():  # no collectives inside: shards may differ in size
         metrics = {"eval_accuracy": greedy_accuracy(c.engine, c.task, problems, reward)}
         env = ControllerEnv(c.policy.hidden_size, 1, c.policy.device)
         shared = FixedController(FixedConfig(config.train.eval_temperature), env)
