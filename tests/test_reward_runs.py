@@ -167,3 +167,18 @@ def test_a_reward_worker_stuck_in_c_dies_with_a_killed_trainer(tmp_path):
         assert not _alive(worker), "the reward worker outlived its killed trainer"
     finally:
         process.kill()
+
+
+def test_trl_accuracy_reward_trains_on_aime24_with_its_answer_column_as_solution(tmp_path):
+    """AIME24 ships 'answer' only; task.reward_columns passes it as TRL's 'solution' (issue 23's acceptance)."""
+    run = tmp_path / "run"
+    result = _run(_command(
+        run, "task.name=math", "task.dataset=math500", "task.eval_dataset=aime24",
+        "task.reward=trl.rewards:accuracy_reward", "task.reward_completions=conversational",
+        "task.reward_columns.solution=answer", "log.plot=false",
+    ))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = _rows(run)
+    assert [row["step"] for row in rows] == [0, 1, 2]
+    assert rows[-1]["reward_errors"] == 0 and rows[-1]["reward_timeouts"] == 0 and rows[-1]["reward_calls"] > 0
+    assert rows[-1]["reward_none"] == 0  # every gold answer parsed: each sample got a reward

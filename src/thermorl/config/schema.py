@@ -16,6 +16,7 @@ from thermorl.config.registry import ADVANTAGES, AGGREGATIONS, CONTROLLERS, ENGI
 from thermorl.errors import ConfigError
 
 TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "swanlab")
+RESERVED_REWARD_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state")  # never dataset columns
 MAX_TASK_NUMBER = 9999  # the synthetic tasks' answer parser reads numbers of at most 4 digits
 
 
@@ -115,6 +116,12 @@ class TaskConfig:
     reward_weights: list[float] = doc(
         "Weight of each of task.rewards in the trained reward sum_k w_k r_k (empty: all 1).", []
     )
+    reward_columns: dict[str, str] = doc(
+        "Reward-function arguments taken from a differently named dataset column, {argument: column}: e.g. "
+        "--set task.reward_columns.solution=answer passes the 'answer' column as TRL's 'solution' (the column still "
+        "arrives under its own name too). Checked against the training and held-out problems before the run starts.",
+        {},
+    )
     reward_completions: Literal["auto", "text", "conversational"] = doc(
         "How reward functions receive prompts and completions: 'text' (strings), 'conversational' (TRL's "
         "messages: a completion is [{'role': 'assistant', 'content': ...}]), 'auto' (conversational when the "
@@ -156,6 +163,14 @@ class TaskConfig:
                 f"task.reward_weights has {len(self.reward_weights)} weights for "
                 f"{len(self.rewards or [self.reward])} reward function(s)"
             )
+        for argument, column in self.reward_columns.items():
+            if argument in RESERVED_REWARD_ARGUMENTS or not argument.isidentifier():
+                raise ConfigError(
+                    f"task.reward_columns.{argument}: a reward argument to fill from a column must be an identifier "
+                    f"other than {', '.join(RESERVED_REWARD_ARGUMENTS)}"
+                )
+            if not isinstance(column, str) or not column:
+                raise ConfigError(f"task.reward_columns.{argument} must name a dataset column, got {column!r}")
         if self.reward_workers < 0:
             raise ConfigError(f"task.reward_workers must be >= 0, got {self.reward_workers}")
         if "{problem}" not in self.prompt_template:

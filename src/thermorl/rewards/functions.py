@@ -228,5 +228,5 @@ def build_reward_guard(
     )
     return RewardGuard(
         reward_functions(config, task), config.reward_timeout_s, config.reward_fail_fast, config.reward_workers,
-        config.reward_start_method, conversational, system_prompt, max_steps,
+        config.reward_start_method, conversational, system_prompt, max_steps, config.reward_columns,
     )

@@ -40,12 +40,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from thermorl.config.schema import RESERVED_REWARD_ARGUMENTS
 from thermorl.errors import RewardError
 from thermorl.rewards.pool import Call, Outcome, RewardPool, function_key, picklable
 
 log = logging.getLogger(__name__)
 
-RESERVED = ("prompts", "completions", "completion_ids", "trainer_state")  # never taken from dataset columns
+RESERVED = RESERVED_REWARD_ARGUMENTS  # never taken from dataset columns
 
 
 class RewardTimeout(BaseException):
@@ -134,6 +135,7 @@ class RewardGuard:
         conversational: bool = False,
         system_prompt: str | None = None,
         max_steps: int = 0,
+        column_map: dict[str, str] | None = None,
     ) -> None:
         if not functions:
             raise RewardError("at least one reward function is needed")
@@ -143,6 +145,7 @@ class RewardGuard:
         self.conversational = conversational
         self.system_prompt = system_prompt
         self.max_steps = max_steps
+        self.column_map = dict(column_map or {})  # reward argument -> the dataset column that fills it
         self.workers = workers
         self.start_method = start_method
         self.counters = RewardCounters()
@@ -207,7 +210,14 @@ class RewardGuard:
         """RewardError naming a column a TRL-convention function requires that ``problems`` lack."""
         if not problems:
             return
-        have = set(RESERVED) | set(_columns(problems[:1]))
+        present = set(_columns(problems[:1]))
+        for argument, column in self.column_map.items():
+            if column not in present:
+                raise RewardError(
+                    f"task.reward_columns maps the reward argument {argument!r} to the column {column!r}, which "
+                    f"{where} lack (they have: {', '.join(sorted(present))})"
+                )
+        have = set(RESERVED) | present | set(self.column_map)
         for f in self.functions:
             if f.convention != "trl":
                 continue
@@ -217,10 +227,10 @@ class RewardGuard:
                 continue
             for p in parameters:
                 if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in have:
-                    columns = ", ".join(sorted(set(_columns(problems[:1])) | {"prompts", "completions"}))
+                    columns = ", ".join(sorted(present | {"prompts", "completions"}))
                     raise RewardError(
                         f"reward function {f.shown} needs the column {p.name!r}, which {where} lack "
-                        f"(they have: {columns})"
+                        f"(they have: {columns}; pass one as {p.name!r} with task.reward_columns.{p.name}=COLUMN)"
                     )
 
     # -- internals ------------------------------------------------------------------------------------------------
@@ -252,8 +262,10 @@ class RewardGuard:
             system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
             prompts = [[*system, {"role": "user", "content": prompt}] for prompt in prompts]
             texts = [[{"role": "assistant", "content": text}] for text in texts]
+        columns = _columns(problems)
         kwargs = {
-            **_columns(problems),
+            **columns,
+            **{argument: columns[column] for argument, column in self.column_map.items() if column in columns},
             "prompts": prompts, "completions": texts, "completion_ids": [list(ids) for ids in completion_ids],
             "trainer_state": TrainerState(step, self.max_steps),
         }
@@ -268,7 +280,7 @@ class RewardGuard:
             if outcome.error.startswith("RewardError"):  # a contract check inside the function (e.g. lengths)
                 raise RewardError(outcome.error.partition(": ")[2])
             self.counters.reward_errors += count
-            self._fail("errors", f"reward function {f.shown} raised {outcome.error}")
+            self._fail("errors", f"reward function {f.shown} raised {outcome.error}{self._completions_hint(outcome.error)}")
             return [0.0] * count
         values = outcome.value
         if hasattr(values, "tolist"):  # numpy array or torch tensor
@@ -303,6 +315,15 @@ class RewardGuard:
         if kind not in self._warned:
             self._warned.add(kind)
             log.warning("%s; scored 0 and counted in reward_%s (warned once)", message, kind)
+
+    def _completions_hint(self, error: str) -> str:
+        """What to set when an error looks like the function expects the other completion form."""
+        if not self.conversational and error.startswith("TypeError") and "string indices must be integers" in error:
+            return (" (it reads completions as TRL's conversational messages, completion[0]['content']: set "
+                    "task.reward_completions=conversational)")
+        if self.conversational and ("'list' object has no attribute" in error or "got 'list'" in error):
+            return " (it reads completions as strings: set task.reward_completions=text)"
+        return ""
 
     def _unique(self, f: RewardFunction, taken: dict[str, Any]) -> str:
         name, n = f.name, 2
