@@ -51,15 +51,24 @@ def test_make_config_takes_sections_as_keyword_arguments():
         thermorl.make_config(rollout={"group_size": 1})
 
 
-def test_import_thermorl_and_its_public_names_import_neither_vllm_nor_eagerly_torch():
+def test_import_thermorl_and_its_public_names_import_neither_vllm_nor_eagerly_torch(tmp_path):
+    # a stand-in vllm package first on the path: importing it would succeed and show in sys.modules, whether or
+    # not the real vLLM is installed in this venv
+    (tmp_path / "vllm").mkdir()
+    (tmp_path / "vllm" / "__init__.py").write_text("")
     names = ", ".join(n for n in PUBLIC if n != "__version__")
     code = (
         "import sys, thermorl\n"
         "assert 'torch' not in sys.modules, 'import thermorl imported torch'\n"
         f"from thermorl import {names}\n"
-        "assert 'vllm' not in sys.modules, 'the public names imported vllm'\n"
+        "thermorl.make_config(train={'steps': 2})\n"
+        "assert 'vllm' not in sys.modules, 'the public names or a config imported vllm'\n"
+        "import vllm\n"
+        "assert vllm.__file__.startswith(sys.argv[1]), vllm.__file__\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                            env=env)
     assert result.returncode == 0, result.stderr
 
 
