@@ -106,3 +106,16 @@ def test_the_api_reference_builds_from_the_docstrings(tmp_path):
         if name != "__version__":
             assert f'id="{name}"' in page, name
     assert "Train with GRPO and the configured temperature controller" in page
+
+
+def test_compare_checks_every_arm_first_then_runs_the_study_and_returns_it(tmp_path):
+    with pytest.raises(thermorl.ConfigError, match="rollout.group_size must be >= 2"):
+        thermorl.compare("fixed:1.0", out=tmp_path / "bad", overrides=["rollout.group_size=1"])
+    assert not (tmp_path / "bad").exists()
+    tiny = ["model.path=builtin:random", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
+            "task.eval_size=20", "train.eval_avg_problems=4", "train.eval_avg_k=2", "rollout.prompts_per_step=2",
+            "rollout.group_size=2", "rollout.max_new_tokens=6"]
+    result = thermorl.compare("fixed:0.8", seeds=2, steps=1, out=tmp_path / "study", jobs=2, overrides=tiny)
+    assert set(result["arms"]) == {"fixed:0.8"} and result["missing_runs"] == []
+    assert all(row["seeds"] == [0, 1] for row in result["arms"].values())
+    assert (tmp_path / "study" / "compare.md").stat().st_size > 0
