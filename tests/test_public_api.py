@@ -119,3 +119,15 @@ def test_compare_checks_every_arm_first_then_runs_the_study_and_returns_it(tmp_p
     assert set(result["arms"]) == {"fixed:0.8"} and result["missing_runs"] == []
     assert all(row["seeds"] == [0, 1] for row in result["arms"].values())
     assert (tmp_path / "study" / "compare.md").stat().st_size > 0
+
+
+def test_evaluate_scores_a_model_on_a_benchmark_and_returns_the_results(tmp_path, tiny_policy):
+    model = tmp_path / "model"
+    tiny_policy.model.save_pretrained(model)
+    tiny_policy.tokenizer.save_pretrained(model)
+    with pytest.raises(thermorl.ThermoRLError, match="give exactly one of --checkpoint and --model"):
+        thermorl.evaluate(benchmarks="amc23")
+    results = thermorl.evaluate(model=str(model), benchmarks="amc23", k=1, samples=2, problems=2, max_new_tokens=4,
+                                batch_size=8, out=tmp_path / "eval", overrides=["task.reward_workers=0"])
+    row = results["benchmarks"]["amc23"]
+    assert row["problems"] == 2 and (tmp_path / "eval" / "eval.json").is_file()

@@ -1,8 +1,8 @@
 """The Python entry points behind ``from thermorl import ...``: configure, train, evaluate, generate, compare.
 
-Each does what the CLI command of the same name does, and returns its result instead of printing it
-(the CLI calls these). Errors in the user's input raise :class:`~thermorl.errors.ThermoRLError`
-subclasses whose message names the problem; nothing here prints or exits.
+Each does what the CLI command of the same name does and returns its result (a benchmark evaluation also
+prints its table; the CLI calls these). Errors in the user's input raise :class:`~thermorl.errors.ThermoRLError`
+subclasses whose message names the problem; nothing here exits.
 """
 
 from __future__ import annotations
@@ -88,14 +88,24 @@ def checkpoint_config(checkpoint: str | Path, overrides: list[str] | tuple[str, 
 
 
 def evaluate(
-    checkpoint: str | Path, *, k: int = 8, problems: int | None = None, seed: int = 0,
-    overrides: list[str] | tuple[str, ...] = (),
+    checkpoint: str | Path | None = None, *, k: int = 8, problems: int | None = None, seed: int = 0,
+    overrides: list[str] | tuple[str, ...] = (), benchmarks: str | list[str] | None = None, model: str | None = None,
+    samples: int | None = None, max_new_tokens: int | None = None, batch_size: int = 64, out: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Score a run directory, checkpoint or model on its task's held-out split (``thermorl eval``).
+    """Score a run directory, checkpoint or model (``thermorl eval``).
 
-    Returns greedy_accuracy, avg@k and pass@k at the shared evaluation temperature (and at the controller's
-    own temperatures for controllers that decode with them), the reward counters, ``problems`` and ``k``.
+    Without ``benchmarks``: on its task's held-out split; returns greedy_accuracy, avg@k and pass@k at the
+    shared evaluation temperature (and at the controller's own temperatures for controllers that decode with
+    them), the reward counters, ``problems`` and ``k``. With ``benchmarks`` (names like ``math500``, or data
+    files; ``checkpoint`` or ``model``, a model directory, .gguf file or LoRA adapter): avg@k and unbiased
+    pass@k from ``samples`` >= k completions per problem with bootstrap 95% intervals, per benchmark, also
+    written to ``out``/eval.json and eval.md (default ``checkpoint``/eval or evals/<model name>).
     """
+    if benchmarks is not None:
+        return _evaluate_benchmarks(checkpoint, model, benchmarks, k, samples, problems, seed, max_new_tokens,
+                                    batch_size, out, overrides)
+    if checkpoint is None:
+        raise ThermoRLError("give a checkpoint to evaluate (or a model with benchmarks)")
     import torch
 
     from thermorl.engines import build_engine
@@ -118,6 +128,24 @@ def evaluate(
     finally:
         reward.close()
     return {**result, "problems": len(selected), "k": k}
+
+
+def _evaluate_benchmarks(
+    checkpoint: str | Path | None, model: str | None, benchmarks: str | list[str], k: int, samples: int | None,
+    problems: int | None, seed: int, max_new_tokens: int | None, batch_size: int, out: str | Path | None,
+    overrides: list[str] | tuple[str, ...],
+) -> dict[str, Any]:
+    from thermorl.study.benchmarks_eval import run_benchmark_eval
+
+    if (checkpoint is None) == (model is None):
+        raise ThermoRLError("give exactly one of --checkpoint and --model")
+    run_config, model_dir = resolve_checkpoint(checkpoint) if checkpoint is not None else (None, model)
+    default_out = Path(checkpoint) / "eval" if checkpoint is not None else Path("evals") / Path(model).name
+    names = [b.strip() for b in benchmarks.split(",")] if isinstance(benchmarks, str) else list(benchmarks)
+    return run_benchmark_eval(
+        run_config, str(model_dir), list(overrides), [name for name in names if name], k, samples, problems, seed,
+        max_new_tokens, batch_size, Path(out) if out is not None else default_out,
+    )
 
 
 @dataclass

@@ -186,17 +186,17 @@ def evaluate(
     benchmarks (avg@k and unbiased pass@k with bootstrap 95% intervals, written to eval.json and eval.md)."""
     from thermorl import api
 
-    if benchmarks is not None:
-        _evaluate_benchmarks(checkpoint, model, benchmarks, k, samples, problems, seed, max_new_tokens, batch_size,
-                             out, overrides)
-        return
-    if checkpoint is None:
+    if benchmarks is None and checkpoint is None:
         fail("--checkpoint is required (or --model with --benchmarks)")
     try:
-        result = api.evaluate(checkpoint, k=k, problems=problems, seed=seed, overrides=overrides)
+        result = api.evaluate(
+            checkpoint, k=k, problems=problems, seed=seed, overrides=overrides, benchmarks=benchmarks, model=model,
+            samples=samples, max_new_tokens=max_new_tokens, batch_size=batch_size, out=out,
+        )
     except ThermoRLError as err:
         fail(str(err))
-    print(json.dumps(result, indent=2))
+    if benchmarks is None:  # the benchmark evaluation printed its table and wrote eval.json / eval.md
+        print(json.dumps(result, indent=2))
 
 
 @app.command()
@@ -242,27 +242,6 @@ def _resume_config(run_dir: Path, config: Optional[Path], out: Optional[Path]) -
     if not (run_dir / "config.yaml").is_file():
         raise ThermoRLError(f"cannot resume {run_dir}: not a thermorl run directory (no config.yaml)")
     return run_dir / "config.yaml"
-
-
-def _evaluate_benchmarks(
-    checkpoint: Optional[Path], model: Optional[str], benchmarks: str, k: int, samples: Optional[int],
-    problems: Optional[int], seed: int, max_new_tokens: Optional[int], batch_size: int, out: Optional[Path],
-    overrides: list[str],
-) -> None:
-    from thermorl.api import resolve_checkpoint
-    from thermorl.study.benchmarks_eval import run_benchmark_eval
-
-    if (checkpoint is None) == (model is None):
-        fail("give exactly one of --checkpoint and --model")
-    try:
-        run_config, model_dir = resolve_checkpoint(checkpoint) if checkpoint is not None else (None, model)
-        default_out = checkpoint / "eval" if checkpoint is not None else Path("evals") / Path(model).name
-        run_benchmark_eval(
-            run_config, str(model_dir), list(overrides), [b.strip() for b in benchmarks.split(",") if b.strip()],
-            k, samples, problems, seed, max_new_tokens, batch_size, out or default_out,
-        )
-    except ThermoRLError as err:
-        fail(str(err))
 
 
 @app.command("config")
