@@ -141,6 +141,14 @@ class TaskConfig:
     reward_fail_fast: bool = doc(
         "Stop the run (exit 2) on the first reward-function exception, timeout or NaN instead of scoring it 0.", False
     )
+    sections: dict[str, Any] = plugin_sections(TASKS)  # task.<name>: the own config of a task registered with one
+
+    def __getattr__(self, name: str) -> Any:
+        """``task.word_arithmetic``: the section of a task registered with its own config dataclass."""
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"TaskConfig has no field or task section {name!r}")
 
     def validate(self) -> None:
         if self.name not in TASKS:

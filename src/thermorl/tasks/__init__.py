@@ -6,6 +6,7 @@ from thermorl.tasks.arithmetic import Arithmetic
 from thermorl.tasks.base import Problem, Task
 from thermorl.tasks.countdown import Countdown, check_countdown
 from thermorl.tasks.math import MathTask
+from thermorl.tasks.word_arithmetic import WordArithmetic
 
 
 def build_task(config: TaskConfig) -> Task:
@@ -13,4 +14,4 @@ def build_task(config: TaskConfig) -> Task:
     return TASKS[config.name].build.from_config(config)
 
 
-__all__ = ["Arithmetic", "Countdown", "MathTask", "Problem", "TASKS", "Task", "build_task", "check_countdown"]
+__all__ = ["Arithmetic", "Countdown", "MathTask", "Problem", "TASKS", "Task", "build_task", "check_countdown", "WordArithmetic"]
