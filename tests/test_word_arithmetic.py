@@ -2,6 +2,7 @@
 
 import random
 import re
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,10 @@ def test_the_task_section_round_trips_through_the_run_config(tmp_path):
     dump_config(config, tmp_path / "config.yaml")
     assert "word_arithmetic:" in (tmp_path / "config.yaml").read_text()
     assert load_config(tmp_path / "config.yaml").task.word_arithmetic.steps == 2
+
+
+def test_the_smollm2_recipe_loads_and_names_this_task():
+    recipe = Path(__file__).resolve().parents[1] / "examples" / "smollm2_cpu.yaml"
+    config = load_config(recipe, ["model.path=SmolLM2-135M-Instruct.Q4_1.gguf"])
+    assert config.task.name == "word_arithmetic" and config.task.eval_size >= 500
+    assert len(build_task(config.task).eval_problems()) == config.task.eval_size
