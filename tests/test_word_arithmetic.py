@@ -11,6 +11,8 @@ from thermorl.errors import ConfigError
 from thermorl.tasks import build_task
 from thermorl.tasks.word_arithmetic import last_number
 
+pytestmark = pytest.mark.fast  # unit tests: no process, no run
+
 
 def task_of(*overrides, eval_size=200):
     return build_task(load_config(None, ["task.name=word_arithmetic", f"task.eval_size={eval_size}", *overrides]).task)
