@@ -155,6 +155,8 @@ def step_pairs(args: argparse.Namespace, controller: str) -> dict:
                 for part in ("rollout", "sync", "update"):
                     split[engine][part].append(round(parts[engine][part], 2))
                 split[engine]["rest"].append(round(times[engine][-1] - sum(parts[engine].values()), 2))
+                print("step", controller, engine, round(times[engine][-1], 2), {k: round(v, 2) for k, v in parts[engine].items()},
+                      flush=True)  # each step as it ends: a run cut short keeps what it measured
     ratios = [h / v for h, v in zip(times["hf"], times["vllm"])]
     trainer.grpo_update = update
     components["vllm"].engine.close()
