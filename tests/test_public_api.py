@@ -17,7 +17,8 @@ import thermorl
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC = [  # adding a name is fine; removing or renaming one breaks users: change this list only deliberately
-    "Config", "ConfigError", "ControllerEnv", "Generation", "PluginError", "PolicyLoss", "Problem", "RolloutBatch",
+    "Config", "ConfigError", "ControllerEnv", "Generation", "InModelHead", "PerPosition", "PerRequest", "PluginError",
+    "PolicyLoss", "Problem", "RolloutBatch",
     "RolloutEngine", "StepContext", "Task", "TemperatureActions", "TemperatureController", "ThermoRLError",
     "__version__", "compare", "doc", "evaluate", "generate", "load_config", "load_plugins", "make_config",
     "register_controller", "register_engine", "register_policy_loss", "register_reward", "register_task", "train",

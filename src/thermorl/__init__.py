@@ -14,7 +14,9 @@ The public Python API (these names are kept across releases; everything else may
 - extend: :func:`register_controller`, :func:`register_task`, :func:`register_engine`,
   :func:`register_policy_loss`, :func:`register_reward` (or an installed package's entry points, or
   :func:`load_plugins` for a module or ``.py`` file), and the types a plug-in implements:
-  :class:`TemperatureController`, :class:`StepContext`, :class:`TemperatureActions`, :class:`ControllerEnv`,
+  :class:`TemperatureController` and the sampling plan its ``sampling()`` returns (:class:`PerRequest`,
+  :class:`PerPosition`, :class:`InModelHead`: what lets every engine run it), :class:`StepContext`,
+  :class:`TemperatureActions`, :class:`ControllerEnv`,
   :class:`Task`, :class:`Problem`, :class:`RolloutEngine`, :class:`RolloutBatch`, :class:`PolicyLoss`, and
   :func:`doc` (a documented config field);
 - errors: :class:`ThermoRLError` and its :class:`ConfigError`, :class:`PluginError`.
@@ -45,6 +47,9 @@ _PUBLIC = {  # name -> the module that defines it
     "register_reward": "thermorl.config.registry",
     "load_plugins": "thermorl.config.plugins",
     "TemperatureController": "thermorl.temperature.base",
+    "PerRequest": "thermorl.temperature.base",
+    "PerPosition": "thermorl.temperature.base",
+    "InModelHead": "thermorl.temperature.base",
     "StepContext": "thermorl.temperature.base",
     "TemperatureActions": "thermorl.temperature.base",
     "ControllerEnv": "thermorl.temperature.base",
@@ -92,4 +97,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads t
     from thermorl.engines.base import RolloutBatch, RolloutEngine
     from thermorl.errors import ConfigError, ThermoRLError
     from thermorl.tasks.base import Problem, Task
-    from thermorl.temperature.base import ControllerEnv, StepContext, TemperatureActions, TemperatureController
+    from thermorl.temperature.base import (
+        ControllerEnv,
+        InModelHead,
+        PerPosition,
+        PerRequest,
+        StepContext,
+        TemperatureActions,
+        TemperatureController,
+    )

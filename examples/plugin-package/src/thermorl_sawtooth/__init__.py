@@ -5,12 +5,14 @@ thermorl). Registered as ``sawtooth`` with its config section ``temperature.sawt
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+
+from torch import Tensor
 
 from thermorl import (
     ConfigError,
     ControllerEnv,
-    StepContext,
-    TemperatureActions,
+    PerPosition,
     TemperatureController,
     doc,
     register_controller,
@@ -43,7 +45,12 @@ class SawtoothController(TemperatureController):
     def __init__(self, config: SawtoothConfig, env: ControllerEnv) -> None:
         self.config = config
 
-    def choose(self, ctx: StepContext):
-        c = self.config
-        tau = c.low + (c.high - c.low) * (ctx.position % c.period) / max(c.period - 1, 1)
-        return ctx.logits.new_full((ctx.logits.shape[0],), tau), TemperatureActions()
+    def sampling(self) -> PerPosition:
+        """A per-position rule, which both engines run (vLLM in thermorl's logits processor)."""
+        return PerPosition(partial(sawtooth, config=self.config))
+
+
+def sawtooth(logits: Tensor, positions: Tensor, config: SawtoothConfig) -> Tensor:
+    """tau_t of each row (B,) from its completion position t (B,); the logits (B, V) are not read."""
+    phase = (positions % config.period).float() / max(config.period - 1, 1)
+    return config.low + (config.high - config.low) * phase
