@@ -41,11 +41,15 @@ def main() -> None:
     parser.add_argument("--engine", default="vllm", choices=["vllm", "hf"])
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="sample at this fixed temperature (one completion per problem, seed 0) instead of greedy")
     parser.add_argument("--level", action="append", required=True,
                         help="comma-separated task.word_arithmetic fields, e.g. steps=2,max_number=20,operations=+-")
     parser.add_argument("--set", action="append", default=[], help="more config overrides")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+
+    import torch
 
     from thermorl.config import load_config
     from thermorl.engines import build_engine
@@ -69,9 +73,11 @@ def main() -> None:
             print(f"loaded model + {args.engine} engine in {time.time() - started:.0f} s", flush=True)
         task = build_task(config.task)
         problems = task.eval_problems()[: args.problems]
-        controller = FixedController(FixedConfig(), ControllerEnv(1, 1, policy.device))
+        greedy = args.temperature is None
+        controller = FixedController(FixedConfig(1.0 if greedy else args.temperature), ControllerEnv(1, 1, policy.device))
+        generator = None if greedy else torch.Generator().manual_seed(0)
         started = time.time()
-        batch = engine.generate([p.prompt for p in problems], controller, None, greedy=True)
+        batch = engine.generate([p.prompt for p in problems], controller, generator, greedy=greedy)
         texts = engine.decode(batch)
         seconds = time.time() - started
         lengths = batch.completion_mask.sum(1).tolist() if hasattr(batch, "completion_mask") else []
@@ -79,7 +85,7 @@ def main() -> None:
         verified = math_verify_reward(None, texts, [p.answer for p in problems], extractor="full")
         n = len(problems)
         entry = {
-            "overrides": overrides, "problems": n, "engine": args.engine, "max_new_tokens": args.max_new_tokens,
+            "overrides": overrides, "problems": n, "temperature": args.temperature or "greedy", "engine": args.engine, "max_new_tokens": args.max_new_tokens,
             "parser_accuracy": sum(parsed) / n, "parser_ci95": wilson(int(sum(parsed)), n),
             "math_verify_full_accuracy": sum(verified) / n, "math_verify_full_ci95": wilson(int(sum(verified)), n),
             "median_tokens": statistics.median(lengths) if lengths else None,
@@ -88,7 +94,7 @@ def main() -> None:
             "examples": [{"prompt": p.prompt, "answer": p.answer, "completion": t, "reward": r}
                          for p, t, r in list(zip(problems, texts, parsed))[:6]],
         }
-        results[level] = entry
+        results[level if greedy else f"{level}@T={args.temperature}"] = entry
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))
         lo, hi = entry["parser_ci95"]
