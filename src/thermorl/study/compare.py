@@ -314,9 +314,12 @@ def aggregate(out: Path, arms: list[Arm], seeds: int) -> dict:
 
 def _task_rule(run_dir: Path):  # -> TokenClassRule | None
     """The token-class rule of the task a finished run trained on (from its config.yaml)."""
+    from thermorl.config import TaskConfig, from_dict
     from thermorl.tasks import build_task
 
-    return build_task(load_config(run_dir / "config.yaml", []).task).token_class_rule()
+    # the task section only: a run written by an older thermorl may hold keys since renamed elsewhere
+    raw = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    return build_task(from_dict(TaskConfig, raw.get("task") or {}, "task.")).token_class_rule()
 
 
 def _resolution(table: dict, complete: list[Arm], seeds: int) -> float:
