@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from thermorl.config import ModelConfig, RolloutConfig, TaskConfig
+from thermorl.config.loader import to_dict
 from thermorl.engines import build_engine
 from thermorl.engines.base import positions_from_mask
 from thermorl.models.policy import Policy, load_policy
@@ -102,7 +103,7 @@ def pretrain(
     policy.model.save_pretrained(out_dir)
     policy.tokenizer.save_pretrained(out_dir)
     summary = {
-        "task": task_config.__dict__, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "task": to_dict(task_config), "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
         "attempt_fraction": attempt_fraction, "threads": torch.get_num_threads(),
         "eval_accuracy": history[-1]["eval_accuracy"], "history": history, "wall_time_s": time.time() - start,
     }
