@@ -100,6 +100,7 @@ class VLLMEngine:
 
     name = "vllm"
     owns_weights = True  # its own copy, written by sync_weights: sampling needs no gathered (FSDP) policy
+    _live = 0  # engines of this process not yet closed (they share vLLM's process-wide distributed state)
     exact_logprobs = False  # the trainer recomputes log-probs and measures the mismatch
 
     def __init__(
@@ -150,6 +151,7 @@ class VLLMEngine:
                 logits_processors=[ThermoRLTemperature], hf_overrides={"architectures": [architecture]}, **arguments,
             )
         torch.set_num_threads = original_set_num_threads  # vLLM's CPU worker replaces it in-process
+        VLLMEngine._live += 1
         self.sync_weights()
 
     # ------------------------------------------------------------------ start
@@ -219,6 +221,28 @@ class VLLMEngine:
         self.asleep = tags == ["weights"]  # the KV cache still to come
 
     def close(self) -> None:
+        """Shut the engine down. vLLM's in-process engine core tears down the process-wide distributed state
+        when it shuts down (``EngineCore.shutdown`` calls ``cleanup_dist_env_and_memory``), which every other
+        engine of this process still samples through; while another one is alive only the rest of that
+        cleanup runs (vLLM's environment cache and the garbage collector), not the teardown."""
+        VLLMEngine._live -= 1
+        if VLLMEngine._live > 0:
+            import gc
+
+            import vllm.envs
+            import vllm.v1.engine.core as engine_core
+
+            def cleanup_keeping_distributed_state(*args, **kwargs) -> None:
+                vllm.envs.disable_envs_cache()
+                gc.unfreeze()
+                gc.collect()
+
+            cleanup = engine_core.cleanup_dist_env_and_memory
+            engine_core.cleanup_dist_env_and_memory = cleanup_keeping_distributed_state
+            try:
+                self.llm.llm_engine.engine_core.shutdown()
+            finally:
+                engine_core.cleanup_dist_env_and_memory = cleanup
         del self.llm
         self.directory.cleanup()
 
