@@ -143,17 +143,15 @@ def next_token_logprobs(engine, prompt_ids):
 def test_weights_follow_one_optimizer_step(vllm_setup, lora):
     """(b) after one optimizer step and sync, the engine's next-token log-probs on a fixed prompt equal
     the updated policy's to 1e-4 (full fine-tuning and LoRA, whose adapters are merged)."""
-    from thermorl.models.policy import add_lora
+    import copy
+
+    from thermorl.models.policy import Policy, add_lora
 
     config, components, engine = vllm_setup
-    policy = components.policy
+    model = copy.deepcopy(components.policy.model)  # the session's policy stays the warm start for later tests
     if lora:
-        import copy
-
-        from thermorl.models.policy import Policy
-
-        model = add_lora(copy.deepcopy(policy.model), load_config(None, ["model.lora_r=4"]).model)
-        policy = Policy(model, policy.tokenizer)
+        model = add_lora(model, load_config(None, ["model.lora_r=4"]).model)
+    policy = Policy(model, components.policy.tokenizer)
     optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=1e-2)
     prompt_ids, prompt_mask = prompts(components, 1, 1)
     ids = prompt_ids[0][prompt_mask[0].bool()].tolist()
@@ -163,15 +161,16 @@ def test_weights_follow_one_optimizer_step(vllm_setup, lora):
     loss.backward()
     optimizer.step()
     engine.policy = policy  # the engine syncs whichever policy it serves
-    engine.sync_weights()
-    after = next_token_logprobs(engine, ids)
+    try:
+        engine.sync_weights()
+        after = next_token_logprobs(engine, ids)
+    finally:  # put the shared engine back on the shared policy for the other tests
+        engine.policy = components.policy
+        engine.sync_weights()
     with torch.no_grad():
         expected = torch.log_softmax(policy.model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
     assert max(abs(lp.logprob - expected[t].item()) for t, lp in after.items()) <= 1e-4
     assert after[17].logprob > before[17].logprob + 1e-3 if 17 in before and 17 in after else True
-    if lora:  # put the shared engine back on the shared policy for the other tests
-        engine.policy = components.policy
-        engine.sync_weights()
 
 
 def test_sleep_mode_on_cpu_is_one_line_at_start_up(caplog):

@@ -50,9 +50,13 @@ def test_a_batch_that_overflows_a_step_and_the_kv_cache_samples_reproducibly(vll
     _, components, _ = vllm_setup
     engine, preemptions = pressed
     controller = components.controller
-    problems = components.task.train_problems(random.Random(3), 16)
-    prompt_ids, prompt_mask = encode_prompts(components.policy, [p.prompt for p in problems for _ in range(8)])
+    # three countdown prompts per request (~28 tokens): each request fills its first KV block with its prompt
+    # and needs a second within a few tokens, so vLLM must preempt however early the warm start ends answers
+    problems = components.task.train_problems(random.Random(3), 48)
+    texts = ["".join(p.prompt for p in problems[i : i + 3]) for i in range(0, 48, 3)]
+    prompt_ids, prompt_mask = encode_prompts(components.policy, [text for text in texts for _ in range(8)])
     assert prompt_mask.sum().item() > 4 * 64  # a chunking scheduler would have split these prefills
+    assert prompt_mask.sum(-1).max().item() <= 32  # one block each at admission
     state = controller.generator.get_state()
     first = engine.sample(controller, prompt_ids, prompt_mask, 24, torch.Generator().manual_seed(11), training_step=3)
     assert len(preemptions) > 0
