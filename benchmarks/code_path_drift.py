@@ -53,7 +53,7 @@ def drift(base: list[dict], other: list[dict]) -> dict[str, dict[str, float]]:
     for row_a, row_b in zip(base, other, strict=True):
         for key, a in row_a.items():
             b = row_b.get(key)
-            if key == "step_time_s" or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+            if key.startswith("step_time") or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
                 continue
             entry = result.setdefault(key, {"max_rel": 0.0, "max_abs": 0.0})
             diff = abs(a - b)
@@ -71,7 +71,7 @@ def main() -> None:
         base = run_job(args.steps, Path(tmp) / "base", {}, [])
         variants = {name: drift(base, run_job(args.steps, Path(tmp) / str(i), env, extra))
                     for i, (name, (env, extra)) in enumerate(VARIANTS.items())}
-    keys = sorted({key for row in base for key in row} - {"step", "step_time_s"})
+    keys = sorted(key for key in {key for row in base for key in row} - {"step"} if not key.startswith("step_time"))
     exact = [k for k in keys if all(v.get(k, {}).get("max_abs", 0.0) == 0.0 for v in variants.values())]
     worst = {k: max(v[k]["max_rel"] for v in variants.values() if k in v) for k in keys if k not in exact}
     report = {"command": f"thermorl train --steps {args.steps} --seed 3", "cpu": _cpu_name(),

@@ -58,6 +58,10 @@ def test_short_train_writes_run_directory_and_eval_reads_it(tmp_path):
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     for key in ["reward_mean", "loss", "temperature_mean", "entropy_mean", "step_time_s"]:
         assert key in rows[1]
+    for row in rows[1:]:  # the step's time split into its parts, which never add up to more than the step
+        parts = [row["step_time_rollout_s"], row["step_time_update_s"], row["step_time_sync_s"]]
+        assert all(part >= 0 for part in parts) and row["step_time_update_s"] > 0
+        assert sum(parts) <= row["step_time_s"]
     # the schedule reaches the optimizer: half way up the 2-step warm-up, then cosine over the 3 steps
     assert [r["lr"] for r in rows[1:]] == pytest.approx([3e-5 * 0.5, 3e-5 * 0.75, 3e-5 * 0.25])
     assert "eval_accuracy" in rows[2] and "eval_avg_at_k" in rows[2] and "eval_accuracy" not in rows[1]

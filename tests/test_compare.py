@@ -50,6 +50,25 @@ def test_paired_test_uses_per_seed_differences():
     assert result["p_value"] == pytest.approx(0.0461, abs=5e-4)
 
 
+def test_paired_gain_is_the_t_interval_of_per_problem_differences():
+    before, after = [0, 0, 1, 1, 0], [1, 0, 1, 0, 1]  # d = 1, 0, 0, -1, 1: mean 0.2, s = sqrt(0.7)
+    gain = stats.paired_gain(before, after)
+    half = 2.776445 * math.sqrt(0.7) / math.sqrt(5)  # t_{0.975, 4}
+    assert gain["gain"] == pytest.approx(0.2)
+    assert (gain["low"], gain["high"]) == pytest.approx((0.2 - half, 0.2 + half), rel=1e-6)
+    assert (gain["n"], gain["improved"], gain["worsened"]) == (5, 2, 1)
+    with pytest.raises(ValueError):
+        stats.paired_gain([0, 1], [1])
+
+
+def test_wilson_interval_by_hand():
+    z = 1.959964  # 19 of 100: (p + z^2/2n -+ z sqrt(p q / n + z^2 / 4n^2)) / (1 + z^2 / n)
+    p, n = 0.19, 100
+    centre, spread = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    low, high = stats.wilson_interval(19, 100)
+    assert (low, high) == pytest.approx(((centre - spread) / (1 + z * z / n), (centre + spread) / (1 + z * z / n)), rel=1e-5)
+
+
 def test_min_detectable_difference_by_hand():
     # (t_{0.975, 4} + t_{0.80, 4}) * s_d / sqrt(5) = (2.7764 + 0.9410) * 0.02 / 2.2361
     assert stats.min_detectable_difference(0.02, 5) == pytest.approx(3.7174 * 0.02 / math.sqrt(5), rel=1e-3)

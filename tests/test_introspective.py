@@ -224,6 +224,11 @@ def test_cli_trains_reports_and_generates(tmp_path):
     assert page.count("<span style=\"background:") >= sum(len(t["tokens"]) for t in traces)
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m.get("temp_head_phase") for m in metrics[1:]] == [0.0, 1.0, 0.0]
+    scored = [json.loads(line) for line in (run / "eval_problems.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in scored] == [0, 3]  # every problem's scores, for paired before/after tests
+    for row, logged in zip(scored, [metrics[0], metrics[-1]]):
+        assert len(row["greedy"]) == 50 and sum(row["greedy"]) / 50 == pytest.approx(logged["eval_accuracy"])
+        assert len(row["avg_at_k"]) == 10 and sum(row["avg_at_k"]) / 10 == pytest.approx(logged["eval_avg_at_k"])
 
     shown = _thermorl("generate", "--checkpoint", str(run), "--prompt", "3,7,2>23:", "--show-temperatures",
                       "--samples", "2", "--seed", "3").stdout

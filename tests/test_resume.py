@@ -40,7 +40,6 @@ TINY = [
     "--set", "task.reward_timeout_s=600",  # a run held at its gate must not time its reward call out
     "--set", "algorithm.lr=1e-3", "--set", "temperature.introspective.schedule=joint",
 ]
-TIMINGS = {"step_time_s"}
 TIMEOUT = 1800  # seconds a run may take on a heavily loaded machine (a guard, not an expected duration)
 
 
@@ -69,7 +68,7 @@ def _wait_until_held(markers: Path, process: subprocess.Popen, timeout: float = 
 
 def _rows(path: Path) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
+    return [{k: v for k, v in row.items() if not k.startswith("step_time")} for row in rows]
 
 
 def _sha(path: Path) -> str:

@@ -120,3 +120,30 @@ def test_the_smollm2_recipe_loads_and_names_this_task():
     config = load_config(recipe, ["model.path=SmolLM2-135M-Instruct.Q4_1.gguf"])
     assert config.task.name == "word_arithmetic" and config.task.eval_size >= 500
     assert len(build_task(config.task).eval_problems()) == config.task.eval_size
+
+
+def test_text_token_classes_by_hand():
+    """Each class of a prose answer, on hand-split pieces: the last number is the final answer, earlier
+    numbers are numbers, 'So' is a connective, a sentence's first word is a step start, EOS is end."""
+    from thermorl.tasks.base import text_token_classes
+
+    pieces = ["Mia", " has", " 7", " +", " 5", " =", " 12", ".", " So", " she", " has", " 1", "2", ".", "Then",
+              " she", " stops", "</s>"]
+    classes = text_token_classes(pieces, [False] * 17 + [True])
+    assert classes == [
+        "step start", "other", "number", "operator", "number", "operator", "number", "other", "connective",
+        "other", "other", "final answer", "final answer", "other", "connective", "other", "other", "end",
+    ]
+    after_newline = text_token_classes(["Answer", ":", "\n", "Total", " is", " 3"], [False] * 6)
+    assert after_newline == ["connective", "other", "other", "connective", "other", "final answer"]
+    assert text_token_classes(["The", " sum", "\n", "Add", " them"], [False] * 5)[3] == "step start"
+    assert text_token_classes(["no", " digits"], [False, False]) == ["step start", "other"]
+
+
+def test_prose_tasks_report_text_classes_and_synthetic_tasks_their_symbols():
+    """The temperature reports ask the task: word arithmetic classes prose, the synthetic tasks symbols."""
+    pieces, ends = [" Mia", " has", " 12", "."], [False] * 4
+    assert task_of().report_token_classes(pieces, ends) == ["step start", "other", "final answer", "other"]
+    arithmetic = build_task(load_config(None, ["task.name=arithmetic"]).task)
+    assert arithmetic.report_token_classes(["3", "+", "4", "=", "7"], [False] * 5) == [
+        "digit", "operator", "digit", "separator", "final answer"]

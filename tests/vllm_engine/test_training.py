@@ -36,7 +36,7 @@ def _thermorl(*args: str) -> subprocess.Popen:
 
 
 def _rows(path: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "step_time_s"} for line in path.read_text().splitlines()]
+    return [{k: v for k, v in json.loads(line).items() if not k.startswith("step_time")} for line in path.read_text().splitlines()]
 
 
 def _sha(path: Path) -> str:

@@ -11,9 +11,12 @@ Written at the end of training, for any controller:
 * ``RUN/temperature_summary.json``: mean temperature per token class;
 * ``RUN/temperatures.html``: the completions with each token coloured by its temperature.
 
-Token classes: digit, operator (+ - * /), separator (, =), final answer (every token after
-the last '='), end (EOS), other. The Introspective LLM paper reports hot reasoning pivots and
-cold arithmetic / final answers; these outputs show what a run actually learned.
+Token classes come from the task (``Task.report_token_classes``): on the synthetic tasks digit,
+operator (+ - * /), separator (, =), final answer (every token after the last '='), end (EOS),
+other; on prose tasks (word_arithmetic, math) step start, connective (so, then, wait, ...),
+number, operator, final answer (the last number written), end, other. The Introspective LLM
+paper reports hot reasoning pivots and cold arithmetic / final answers; these outputs show what
+a run actually learned.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from thermorl.engines.base import RolloutEngine, completion_id_lists  # noqa: E4
 from thermorl.engines.hf import stop_token_ids  # noqa: E402
 from thermorl.models.policy import Policy  # noqa: E402
 from thermorl.rewards.guard import RewardGuard  # noqa: E402
-from thermorl.tasks.base import CLASSES, Task, token_classes  # noqa: E402
+from thermorl.tasks.base import CLASSES, TEXT_CLASSES, Task  # noqa: E402
 from thermorl.temperature.base import StepContext, TemperatureActions, TemperatureController  # noqa: E402
 from thermorl.temperature.entropy import logits_entropy  # noqa: E402
 
@@ -93,7 +96,7 @@ def temperature_traces(
             "tokens": pieces,
             "temperatures": [round(t, 4) for t in batch.temperatures[i, :length].tolist()],
             "entropy": [round(h, 4) for h in model_entropy[i, :length].tolist()],
-            "classes": token_classes(pieces, [token in stop_ids for token in ids]),
+            "classes": task.report_token_classes(pieces, [token in stop_ids for token in ids]),
         }
         for name, values in batch.actions.present().items():
             row[name] = [round(float(v), 4) for v in values[i, :length].tolist()]
@@ -109,7 +112,7 @@ def class_means(traces: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             by_class.setdefault(cls, []).append(tau)
     return {
         cls: {"mean": float(np.mean(by_class[cls])), "std": float(np.std(by_class[cls])), "count": len(by_class[cls])}
-        for cls in CLASSES if cls in by_class
+        for cls in dict.fromkeys(CLASSES + TEXT_CLASSES) if cls in by_class
     }
 
 

@@ -63,11 +63,15 @@ def score_problems(
 
 def greedy_accuracy(
     engine: RolloutEngine, task: Task, problems: list[Problem], reward: RewardGuard | None = None,
+    per_problem: list[float] | None = None,
 ) -> float:
-    """Fraction of problems solved by greedy decoding (the temperature is irrelevant to argmax)."""
+    """Fraction of problems solved by greedy decoding (the temperature is irrelevant to argmax); each
+    problem's reward is appended to ``per_problem`` when one is given (for paired before/after tests)."""
     controller = FixedController(FixedConfig(), ControllerEnv(1, 1, torch.device("cpu")))
-    scores = score_problems(engine, task, problems, controller, 1, greedy=True, reward=reward)
-    return sum(s[0] for s in scores) / len(scores)
+    scores = [s[0] for s in score_problems(engine, task, problems, controller, 1, greedy=True, reward=reward)]
+    if per_problem is not None:
+        per_problem.extend(scores)
+    return sum(scores) / len(scores)
 
 
 def sampled_metrics(
@@ -80,37 +84,45 @@ def sampled_metrics(
     training_step: int = 0,
     reward: RewardGuard | None = None,
     on_batch: Callable[[RolloutBatch], None] | None = None,
+    per_problem: list[float] | None = None,
 ) -> dict[str, float]:
-    """avg@k (mean reward of k samples) and pass@k over ``problems``, sampling with ``controller``."""
+    """avg@k (mean reward of k samples) and pass@k over ``problems``, sampling with ``controller``; each
+    problem's mean reward is appended to ``per_problem`` when one is given."""
     scores = score_problems(
         engine, task, problems, controller, k, False, generator, training_step=training_step, reward=reward,
         on_batch=on_batch,
     )
-    avg = sum(sum(s) / k for s in scores) / len(scores)
+    means = [sum(s) / k for s in scores]
+    if per_problem is not None:
+        per_problem.extend(means)
+    avg = sum(means) / len(scores)
     passed = sum(pass_at_k(k, int(sum(s)), k) for s in scores) / len(scores)
     return {"eval_avg_at_k": avg, "eval_pass_at_k": passed}
 
 
 def evaluate_policy(
     c: Components, config: Config, step: int, generator: torch.Generator,
-    on_batch: Callable[[RolloutBatch], None] | None = None,
+    on_batch: Callable[[RolloutBatch], None] | None = None, per_problem: dict[str, list[float]] | None = None,
 ) -> dict[str, float]:
     """Greedy accuracy on the whole held-out split; avg@k / pass@k on its prefix at the one shared
     ``train.eval_temperature`` (every arm alike) and, for controllers that decode with their own policy
     at inference, at their own temperatures too (``eval_own_*``). ``on_batch`` sees each shared-temperature
-    evaluation rollout."""
+    evaluation rollout; ``per_problem`` (a dict) receives this process's per-problem scores under
+    ``greedy`` and ``avg_at_k`` (the shared temperature's mean of k samples)."""
+    per_problem = {} if per_problem is None else per_problem
+    per_problem.update(greedy=[], avg_at_k=[])
     # under accelerate each process scores every N-th problem; the shards are combined by size below
     problems = c.dist.stride(c.task.eval_problems())
     sampled = c.dist.stride(c.task.eval_problems()[: config.train.eval_avg_problems])
     reward = c.reward
     reads = None if c.engine.owns_weights else c.policy  # gathered (FSDP) for an engine that reads the policy
     with fsdp.full_weights(reads), c.dist.coordinated():  # no collectives inside: shards may differ in size
-        metrics = {"eval_accuracy": greedy_accuracy(c.engine, c.task, problems, reward)}
+        metrics = {"eval_accuracy": greedy_accuracy(c.engine, c.task, problems, reward, per_problem["greedy"])}
         env = ControllerEnv(c.policy.hidden_size, 1, c.policy.device)
         shared = FixedController(FixedConfig(config.train.eval_temperature), env)
         metrics.update(sampled_metrics(
             c.engine, c.task, sampled, shared, config.train.eval_avg_k, generator, training_step=step, reward=reward,
-            on_batch=on_batch,
+            on_batch=on_batch, per_problem=per_problem["avg_at_k"],
         ))
         if c.controller.decodes_at_inference:
             own = sampled_metrics(

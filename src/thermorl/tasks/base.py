@@ -7,6 +7,7 @@ and a held-out split whose prompts never appear in training.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,45 @@ def token_classes(pieces: list[str], is_end: list[bool]) -> list[str]:
             classes.append("other")
     return classes
 
+
+TEXT_CLASSES = ("step start", "connective", "number", "operator", "final answer", "end", "other")
+CONNECTIVES = frozenset({
+    "so", "then", "wait", "therefore", "thus", "hence", "but", "now", "because", "since", "first", "next",
+    "finally", "however", "after", "altogether", "total", "means", "let", "answer",
+})
+TEXT_OPERATORS = frozenset("+-*/=x\u00d7\u00f7")
+SENTENCE_ENDS = (".", "!", "?", ":", "\n")
+NUMBER_TEXT = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def text_token_classes(pieces: list[str], is_end: list[bool]) -> list[str]:
+    """The class of each token of one prose completion (a chat model's answer), in this order of precedence:
+    end (EOS); final answer (a token of the last number written, the one a last-number parser reads);
+    number (any other token with a digit); operator (+ - * / = x, alone); connective (so, then, wait,
+    therefore, ...: the words where a reasoning model pivots); step start (the first word of a sentence, a
+    line or the completion); other. Used to see where a temperature policy runs hot on real text."""
+    text = "".join(pieces)
+    spans = [match.span() for match in NUMBER_TEXT.finditer(text)]
+    answer = spans[-1] if spans else (len(text), len(text))
+    classes, offset = [], 0
+    for piece, end in zip(pieces, is_end):
+        start, offset = offset, offset + len(piece)
+        word = piece.strip().lower().strip(",;")
+        if end:
+            classes.append("end")
+        elif word and start < answer[1] and offset > answer[0] and any(c.isdigit() for c in piece):
+            classes.append("final answer")
+        elif any(c.isdigit() for c in piece):
+            classes.append("number")
+        elif word and set(word) <= TEXT_OPERATORS:
+            classes.append("operator")
+        elif word in CONNECTIVES:
+            classes.append("connective")
+        elif word and (not text[:start].strip() or text[:start].rstrip(" \t").endswith(SENTENCE_ENDS)):
+            classes.append("step start")
+        else:
+            classes.append("other")
+    return classes
 
 
 @dataclass(frozen=True)
@@ -89,6 +129,12 @@ class Task:
     def token_class_rule(self) -> TokenClassRule | None:
         """The task's token classes (choice vs result on countdown), or None when it defines none."""
         return None
+
+    def report_token_classes(self, pieces: list[str], is_end: list[bool]) -> list[str]:
+        """The class of each token of one sampled completion, for the temperature reports (where does a
+        controller run hot?): the synthetic tasks' symbols (``token_classes``); prose tasks override it
+        with ``text_token_classes``."""
+        return token_classes(pieces, is_end)
 
     # -- provided -------------------------------------------------------------
     def default_reward(self) -> RewardFunction:

@@ -23,7 +23,7 @@ from thermorl.config import TaskConfig
 from thermorl.config.fields import doc, positive
 from thermorl.config.registry import TASKS
 from thermorl.errors import ConfigError
-from thermorl.tasks.base import Problem, Task
+from thermorl.tasks.base import Problem, Task, text_token_classes
 
 NAMES = (
     ("Tom", "he", "his"), ("Mia", "she", "her"), ("Sam", "he", "his"), ("Lily", "she", "her"),
@@ -130,6 +130,10 @@ class WordArithmetic(Task):
 
     def demonstration(self, problem: Problem) -> str:
         return ". ".join(problem.data["solution"]) + f". The answer is {problem.answer}."
+
+    def report_token_classes(self, pieces: list[str], is_end: list[bool]) -> list[str]:
+        """Prose answers: step starts, connectives, numbers, operators, the final answer (``text_token_classes``)."""
+        return text_token_classes(pieces, is_end)
 
     def reward(self, problem: Problem, completion: str) -> float:
         """1.0 if the last number in ``completion`` equals the answer, else 0.0 (never raises)."""
