@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,6 +207,13 @@ def _thermorl(*args: str) -> subprocess.CompletedProcess:
     return result
 
 
+def _thermorl_script(path: str, *args: str) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / path), *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
 def test_cli_trains_reports_and_generates(tmp_path):
     run = tmp_path / "run"
     _thermorl(
@@ -229,6 +238,12 @@ def test_cli_trains_reports_and_generates(tmp_path):
     for row, logged in zip(scored, [metrics[0], metrics[-1]]):
         assert len(row["greedy"]) == 50 and sum(row["greedy"]) / 50 == pytest.approx(logged["eval_accuracy"])
         assert len(row["avg_at_k"]) == 10 and sum(row["avg_at_k"]) / 10 == pytest.approx(logged["eval_avg_at_k"])
+    report = _thermorl_script("examples/run_report.py", str(run)).stdout  # the before/after report reads them
+    result = json.loads((run / "report.json").read_text())
+    assert result["greedy"]["before"] == pytest.approx(metrics[0]["eval_accuracy"])
+    assert result["greedy"]["after"] == pytest.approx(metrics[-1]["eval_accuracy"])
+    assert set(result["temperature_by_class"]) <= {"digit", "operator", "separator", "final answer", "end", "other"}
+    assert "| greedy accuracy | 50 |" in report and "| avg@k | 10 |" in report
 
     shown = _thermorl("generate", "--checkpoint", str(run), "--prompt", "3,7,2>23:", "--show-temperatures",
                       "--samples", "2", "--seed", "3").stdout
