@@ -112,7 +112,7 @@ def class_means(traces: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             by_class.setdefault(cls, []).append(tau)
     return {
         cls: {"mean": float(np.mean(by_class[cls])), "std": float(np.std(by_class[cls])), "count": len(by_class[cls])}
-        for cls in dict.fromkeys(CLASSES + TEXT_CLASSES) if cls in by_class
+        for cls in (TEXT_CLASSES if set(by_class) - set(CLASSES) else CLASSES) if cls in by_class
     }
 
 

@@ -41,6 +41,8 @@ def plot_curves(metrics_path: Path, out_path: Path, title: str = "") -> None:
         if points:
             steps, values = zip(*points)
             axis.plot(steps, values, marker="o" if key.startswith("eval") else None, markersize=3)
+            if max(values) - min(values) < 1e-3:  # a fixed temperature: float noise, not a 1e-7 axis
+                axis.set_ylim(min(values) - 0.1, max(values) + 0.1)
         if key == "eval_accuracy":
             avg = [(r["step"], r["eval_avg_at_k"]) for r in rows if r.get("eval_avg_at_k") is not None]
             if avg:
