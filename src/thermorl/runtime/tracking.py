@@ -112,7 +112,7 @@ STEP_METRICS = {  # metrics.jsonl: the keys every trainer step (or evaluation) w
     "skipped_steps": "steps skipped for NaN/inf so far",
     "step_time_s": "wall time of the step",
     "step_time_rollout_s": "of which sampling and scoring the batch (rollout engine and reward functions)",
-    "step_time_update_s": "of which pi_old, rollout correction, forward, backward and optimizer step(s)",
+    "step_time_update_s": "of which advantages, pi_old, rollout correction, forward, backward and optimizer step(s)",
     "step_time_sync_s": "of which writing the new weights into the rollout engine (0 for hf)",
     "eval_accuracy": "held-out greedy accuracy (evaluation steps)",
     "eval_avg_at_k": "held-out avg@k at train.eval_temperature (evaluation steps)",

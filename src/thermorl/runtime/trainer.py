@@ -21,7 +21,6 @@ and the run stops at its newest checkpoint); ``resume=True`` continues from the 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -47,7 +46,7 @@ from thermorl.runtime.runlock import RunLock
 from thermorl.runtime.dynamic_sampling import draw_groups, sample_and_score
 from thermorl.runtime.tracking import RunLogger, RunSummary, build_trackers, prepare_run_dir, release
 from thermorl.runtime.update import batch_statistics, grpo_update
-from thermorl.study.evaluate import evaluate_policy
+from thermorl.study.evaluate import evaluate_and_record, evaluate_policy
 
 __all__ = [  # the loop's own names, and (for callers of the first layout) what a run is built and updated with
     "batch_statistics", "prepare_run_dir", "train", "train_step",
@@ -121,7 +120,7 @@ def _train_loop(
         c.reward.should_stop = lambda: stop.requested  # a stuck reward call must not hold up Ctrl-C / SIGTERM
         try:
             if first_step == 1:
-                state.initial_eval = state.last_eval = run_eval(c, config, 0, state.eval_generator, out_dir)
+                state.initial_eval = state.last_eval = evaluate_and_record(c, config, 0, state.eval_generator, out_dir)
                 logger.log({"step": 0, **state.initial_eval})
             if progress is not None:
                 progress.start(config.train.steps, state.last_eval["eval_accuracy"])
@@ -144,7 +143,7 @@ def _train_loop(
 
                 if batch is not None and (step % config.train.eval_every == 0 or step == config.train.steps):
                     try:
-                        state.last_eval = run_eval(c, config, step, state.eval_generator, out_dir)
+                        state.last_eval = evaluate_and_record(c, config, step, state.eval_generator, out_dir)
                         metrics.update(state.last_eval)
                     except NonFiniteError as err:
                         log.warning("step %d: evaluation skipped: %s", step, err)
@@ -189,7 +188,7 @@ def train_step(
     rollout, algo = config.rollout, config.algorithm
     clock = time.perf_counter()
     batch, problems, texts, scores, sampling = sample_and_score(c, config, state, step, problems)
-    timings = {"step_time_rollout_s": time.perf_counter() - clock}
+    timings, clock = {"step_time_rollout_s": time.perf_counter() - clock}, time.perf_counter()
     # a sample no reward function rewarded (None) is NaN here: the advantage leaves it out
     rewards = torch.tensor(scores.values(missing=math.nan), device=c.policy.device)
     advantages = estimate_advantages(algo.advantage, rewards, batch.group_ids)
@@ -198,7 +197,6 @@ def train_step(
         group["lr"] = lr
     # pi_old, the rollout correction (vLLM) and the update; an engine without entropies gets the trainer's
     c.engine.sleep()  # vLLM on a GPU with rollout.vllm.sleep_between_steps: its memory is the update's meanwhile
-    clock = time.perf_counter()
     diagnostics = grpo_update(c, config, batch, advantages, step, state.generator)
     timings["step_time_update_s"] = time.perf_counter() - clock
     metrics = {"step": step, **batch_statistics(*gather_batch(c.dist, batch, rewards), rollout.group_size)}
@@ -216,19 +214,6 @@ def train_step(
     metrics.update(c.controller.metrics())
     metrics.update(timings)
     return metrics, batch, problems, texts, rewards
-
-
-def run_eval(c: Components, config: Config, step: int, generator: torch.Generator, out_dir: Path) -> dict[str, float]:
-    """``evaluate_policy``, and each held-out problem's scores appended as one line
-    ``{"step": s, "greedy": [...], "avg_at_k": [...]}`` to ``RUN/eval_problems.jsonl`` (one process only:
-    sharded runs score interleaved slices), so that a before/after gain can be tested paired over problems
-    (``thermorl.study.stats.paired_gain``)."""
-    per_problem: dict[str, list[float]] = {}
-    metrics = evaluate_policy(c, config, step, generator, per_problem=per_problem)
-    if c.dist.world_size == 1:
-        with open(out_dir / "eval_problems.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": step, **per_problem}) + "\n")
-    return metrics
 
 
 def _summary(c: Components, config: Config, state: LoopState, wall_time_s: float) -> RunSummary:

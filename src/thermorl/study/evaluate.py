@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -131,3 +133,18 @@ def evaluate_policy(
             )
             metrics.update({key.replace("eval_", "eval_own_"): value for key, value in own.items()})
     return c.dist.weighted_mean(metrics, {"eval_accuracy": len(problems)}, default_weight=len(sampled))
+
+
+def evaluate_and_record(
+    c: Components, config: Config, step: int, generator: torch.Generator, out_dir: Path
+) -> dict[str, float]:
+    """``evaluate_policy``, and each held-out problem's scores appended as one line
+    ``{"step": s, "greedy": [...], "avg_at_k": [...]}`` to ``RUN/eval_problems.jsonl`` (one process only:
+    sharded runs score interleaved slices), so that a before/after gain can be tested paired over problems
+    (``thermorl.study.stats.paired_gain``)."""
+    per_problem: dict[str, list[float]] = {}
+    metrics = evaluate_policy(c, config, step, generator, per_problem=per_problem)
+    if c.dist.world_size == 1:
+        with open(out_dir / "eval_problems.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **per_problem}) + "\n")
+    return metrics
