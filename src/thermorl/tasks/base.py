@@ -48,7 +48,7 @@ CONNECTIVES = frozenset({
 })
 TEXT_OPERATORS = frozenset("+-*/=x\u00d7\u00f7")
 SENTENCE_ENDS = (".", "!", "?", ":", "\n")
-NUMBER_TEXT = re.compile(r"\d[\d,]*(?:\.\d+)?")
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")  # a number as written in prose: 12, -3, 1,234, 2.5
 
 
 def text_token_classes(pieces: list[str], is_end: list[bool]) -> list[str]:
@@ -58,9 +58,10 @@ def text_token_classes(pieces: list[str], is_end: list[bool]) -> list[str]:
     therefore, ...: the words where a reasoning model pivots); step start (the first word of a sentence, a
     line or the completion); other. Used to see where a temperature policy runs hot on real text."""
     text = "".join(pieces)
-    spans = [match.span() for match in NUMBER_TEXT.finditer(text)]
+    spans = [match.span() for match in NUMBER.finditer(text)]
     answer = spans[-1] if spans else (len(text), len(text))
     classes, offset = [], 0
+    seen, last = False, ""  # any non-blank text so far; its last character that is not a space or tab
     for piece, end in zip(pieces, is_end):
         start, offset = offset, offset + len(piece)
         word = piece.strip().lower().strip(",;")
@@ -74,10 +75,12 @@ def text_token_classes(pieces: list[str], is_end: list[bool]) -> list[str]:
             classes.append("operator")
         elif word in CONNECTIVES:
             classes.append("connective")
-        elif word and (not text[:start].strip() or text[:start].rstrip(" \t").endswith(SENTENCE_ENDS)):
+        elif word and (not seen or last in SENTENCE_ENDS):
             classes.append("step start")
         else:
             classes.append("other")
+        seen = seen or bool(piece.strip())
+        last = piece.rstrip(" \t")[-1:] or last
     return classes
 
 
@@ -101,6 +104,7 @@ class Task:
     """Base class of tasks: subclasses implement ``generate``, ``reward`` and ``demonstration``."""
 
     name: str = "task"
+    writes_prose: bool = False  # completions are prose (a chat model's answer), not the synthetic tasks' symbols
 
     def __init__(self, eval_size: int, eval_seed: int) -> None:
         self.eval_size = eval_size
@@ -132,9 +136,9 @@ class Task:
 
     def report_token_classes(self, pieces: list[str], is_end: list[bool]) -> list[str]:
         """The class of each token of one sampled completion, for the temperature reports (where does a
-        controller run hot?): the synthetic tasks' symbols (``token_classes``); prose tasks override it
-        with ``text_token_classes``."""
-        return token_classes(pieces, is_end)
+        controller run hot?): ``text_token_classes`` for a task that ``writes_prose``, else the synthetic
+        tasks' symbols (``token_classes``)."""
+        return (text_token_classes if self.writes_prose else token_classes)(pieces, is_end)
 
     # -- provided -------------------------------------------------------------
     def default_reward(self) -> RewardFunction:

@@ -16,7 +16,7 @@ from typing import Any
 from thermorl.config import TaskConfig
 from thermorl.config.registry import TASKS
 from thermorl.rewards.guard import RewardFunction
-from thermorl.tasks.base import Problem, Task, text_token_classes
+from thermorl.tasks.base import Problem, Task
 from thermorl.tasks.math_data import load_math_rows
 
 DEFAULT_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -31,6 +31,7 @@ def math_problem(row: dict[str, Any], prompt_template: str = DEFAULT_PROMPT) -> 
 @TASKS.register("math")
 class MathTask(Task):
     name = "math"
+    writes_prose = True
 
     def __init__(
         self, train: list[Problem], held_out: list[Problem], eval_size: int, eval_seed: int,
@@ -76,10 +77,6 @@ class MathTask(Task):
 
     def demonstration(self, problem: Problem) -> str:
         return problem.data.get("solution") or f"The answer is \\boxed{{{problem.answer}}}."
-
-    def report_token_classes(self, pieces: list[str], is_end: list[bool]) -> list[str]:
-        """Prose answers: step starts, connectives, numbers, operators, the final answer (``text_token_classes``)."""
-        return text_token_classes(pieces, is_end)
 
     def reward(self, problem: Problem, completion: str) -> float:
         return self.default_reward().function([problem.prompt], [completion], [problem.answer])[0]

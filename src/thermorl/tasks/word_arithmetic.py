@@ -16,14 +16,13 @@ starting accuracies at several settings are in docs/SMOLLM2.md.
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 
 from thermorl.config import TaskConfig
 from thermorl.config.fields import doc, positive
 from thermorl.config.registry import TASKS
 from thermorl.errors import ConfigError
-from thermorl.tasks.base import Problem, Task, text_token_classes
+from thermorl.tasks.base import NUMBER, Problem, Task
 
 NAMES = (
     ("Tom", "he", "his"), ("Mia", "she", "her"), ("Sam", "he", "his"), ("Lily", "she", "her"),
@@ -35,7 +34,6 @@ GAINS = ("buys {n} more {thing}", "finds {n} more {thing}", "gets {n} more {thin
          "picks up {n} more {thing}")
 LOSSES = ("gives {n} {thing} to {friend}", "loses {n} {thing}", "sells {n} {thing}", "gives away {n} {thing}")
 TIMES = {2: "doubles", 3: "triples"}
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 MAX_NUMBER = 9999
 
 
@@ -88,6 +86,7 @@ def last_number(text: str) -> float | None:
 @TASKS.register("word_arithmetic", WordArithmeticConfig)
 class WordArithmetic(Task):
     name = "word_arithmetic"
+    writes_prose = True
 
     def __init__(self, config: WordArithmeticConfig, eval_size: int, eval_seed: int) -> None:
         super().__init__(eval_size, eval_seed)
@@ -130,10 +129,6 @@ class WordArithmetic(Task):
 
     def demonstration(self, problem: Problem) -> str:
         return ". ".join(problem.data["solution"]) + f". The answer is {problem.answer}."
-
-    def report_token_classes(self, pieces: list[str], is_end: list[bool]) -> list[str]:
-        """Prose answers: step starts, connectives, numbers, operators, the final answer (``text_token_classes``)."""
-        return text_token_classes(pieces, is_end)
 
     def reward(self, problem: Problem, completion: str) -> float:
         """1.0 if the last number in ``completion`` equals the answer, else 0.0 (never raises)."""
