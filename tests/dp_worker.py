@@ -9,6 +9,11 @@ Then short real ``train()`` runs in the same processes: the end-to-end path (dat
 resumed after step 2 and its uninterrupted reference; FSDP: the
 uninterrupted reference of the kill/resume test, and a run with activation checkpointing and a NaN in
 one process only).
+
+The update itself runs as with another engine than the trainer (``UPDATE``): the batch's recorded log-probs
+(the LM's and the head's) carry seeded noise, the trainer recomputes pi_old and caps the token ratios, so the
+rollout-mismatch metrics must be those of the global batch in every process; under FSDP the update also
+accumulates gradients over micro-batches of 3 rows.
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ OVERRIDES = [
     "train.steps=2", "train.eval_every=2", "train.threads=1", "log.progress=false", "log.plot=false",
     "log.tensorboard=false", f"task.reward={HERE / 'user_rewards.py'}:digit_fraction", "algorithm.lr=0.01",
     "temperature.controller=introspective", "temperature.introspective.schedule=joint",
+]
+UPDATE = [  # the equivalence update only: pi_old recomputed and capped against a noisy "engine" record
+    "algorithm.recompute_old_logprobs=true", "algorithm.rollout_correction.mode=token_truncate",
+    "algorithm.rollout_correction.clip_max=1.3",
 ]
 # the FSDP kill/resume runs (tests/test_distributed.py passes the same settings to `thermorl train`)
 RESUME_STEPS = 6
@@ -84,10 +93,20 @@ class NanInProcessOne(CONTROLLERS["introspective"].build):
         return temperatures, records
 
 
+def engine_record(batch, step: int):
+    """The global batch as another engine would have recorded it: seeded noise on its LM and head log-probs."""
+    noise = torch.Generator().manual_seed(100 + step)
+    shift = lambda x: x + 0.3 * torch.randn(x.shape, generator=noise) * batch.completion_mask  # noqa: E731
+    actions = replace(batch.actions, logprob=shift(batch.actions.logprob))
+    return replace(batch, logprobs=shift(batch.logprobs), actions=actions)
+
+
 def run(out: Path, strategy: str = "ddp") -> dict:
     config = load_config(None, [*OVERRIDES, f"distributed.strategy={strategy}"])
     c = build_components(config)
     tag = "fsdp" if c.dist.fsdp is not None else str(c.dist.world_size)
+    micro = ["train.micro_batch_rows=3"] if tag == "fsdp" else []
+    update_config = load_config(None, [*OVERRIDES, f"distributed.strategy={strategy}", *UPDATE, *micro])
     steps = []
     for step in (1, 2):
         problems = [p for p in c.task.train_problems(random.Random(step), PROMPTS) for _ in range(GROUP)]
@@ -96,12 +115,13 @@ def run(out: Path, strategy: str = "ddp") -> dict:
         with full_weights(c.policy):
             batch = sample(c.policy, c.controller, prompt_ids, prompt_mask, 8, torch.Generator().manual_seed(step))
         c.policy.model.train()
+        batch = engine_record(batch, step)
         rewards = torch.tensor(c.reward.score(problems, decode_completions(c.policy, batch)).values())  # the run's reward
         rows = torch.tensor(c.dist.shard(list(range(len(problems)))))
         local, local_rewards = batch.select(rows), rewards[rows]
         advantages = group_advantages(local_rewards, GROUP)
         metrics = batch_statistics(*gather_batch(c.dist, local, local_rewards), GROUP)
-        metrics.update(grpo_update(c, config, local, advantages, step, torch.Generator().manual_seed(0)))
+        metrics.update(grpo_update(c, update_config, local, advantages, step, torch.Generator().manual_seed(0)))
         steps.append(metrics)
     weights = full_parameters(c.policy.model)
     weights.update({f"head.{n}": p.detach().clone() for n, p in c.controller.module.named_parameters()})

@@ -1,4 +1,5 @@
-"""Data-parallel and FSDP training: two gloo processes on the same global batch reproduce one process;
+"""Data-parallel and FSDP training: two gloo processes on the same global batch reproduce one process (their
+rollout-mismatch metrics included; FSDP with micro-batches of the minibatch);
 a 2-process FSDP run stopped (SIGTERM to one process, kill -9 of all) and resumed equals an
 uninterrupted one; a NaN in one process skips the step in both; TAMPO updates on the global batch.
 
@@ -70,6 +71,9 @@ def test_two_processes_give_the_one_process_losses_metrics_and_weights(fsdp_runs
     for one, two in zip(single["steps"], double["steps"], strict=True):
         assert one.keys() == two.keys()
         assert one["loss"] != 0.0 and one["grad_norm"] > 0.0  # a real update, not a no-op
+        # the mismatch metrics are the global batch's (a process's own rows give other ones)
+        assert one["rollout_logprob_diff_max"] > 0.3 and 0.0 < one["rollout_token_capped_fraction"] < 1.0
+        assert one["rollout_head_logprob_diff_mean"] > 0.1
         for key in one:
             assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
     weights_one = torch.load(fsdp_runs / "weights-1.pt", weights_only=True)

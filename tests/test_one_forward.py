@@ -1,5 +1,7 @@
 """One forward per step: with one optimizer step per rollout, pi_old and the rollout-correction weights come
-from the update's own forward pass; the separate no-grad pass gives the same loss, gradients and metrics."""
+from the update's own forward pass; the separate no-grad pass gives the same loss, gradients and metrics.
+Micro-batches (``train.micro_batch_rows``): gradients accumulated over passes of a few rows give the update of
+one pass over the whole minibatch, and the mismatch metrics of the whole batch."""
 
 from __future__ import annotations
 
@@ -20,16 +22,22 @@ TINY = [  # the shipped warm start; the trainer's pi_old (recomputed) and token 
 ]
 
 
-def _update(controller: str, separate: bool, engine_noise: float):
+UNEVEN = torch.tensor([1, 10, 2, 9, 3, 8, 10, 4])  # completion lengths far from equal within each micro-batch of 3
+
+
+def _update(controller: str, separate: bool, engine_noise: float, extra: tuple[str, ...] = (), uneven: bool = False):
     """One grpo_update from the same start on the same batch; the batch's recorded (engine) log-probs are
     shifted by seeded noise, as if another engine with other numerics had sampled it, so the correction
     weights differ from 1 and some are capped."""
     config = load_config(None, [*TINY, f"temperature.controller={controller}",
-                                f"algorithm.separate_old_logprob_pass={str(separate).lower()}"])
+                                f"algorithm.separate_old_logprob_pass={str(separate).lower()}", *extra])
     c = build_components(config)
     problems = [p for p in c.task.train_problems(random.Random(0), 4) for _ in range(2)]
     batch = c.engine.generate([p.prompt for p in problems], c.controller, torch.Generator().manual_seed(0),
                               group_ids=torch.arange(8) // 2)
+    if uneven:  # completions cut to UNEVEN lengths, so a micro-batch's share of the tokens is not its share of rows
+        keep = (torch.arange(batch.completion_mask.shape[1]) < UNEVEN.unsqueeze(-1)).float()
+        batch = dataclasses.replace(batch, completion_mask=batch.completion_mask * keep)
     noise = torch.Generator().manual_seed(1)
     shift = lambda x: x + engine_noise * torch.randn(x.shape, generator=noise) * batch.completion_mask  # noqa: E731
     batch = dataclasses.replace(batch, logprobs=shift(batch.logprobs))
@@ -62,3 +70,37 @@ def test_one_forward_update_equals_the_recomputation_update(controller):
         torch.testing.assert_close(one_grads[name], two_grads[name], rtol=1e-4, atol=1e-6, msg=name)
     for name in one_weights:
         torch.testing.assert_close(one_weights[name], two_weights[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean"])
+@pytest.mark.parametrize("controller", ["fixed", "introspective"])
+def test_micro_batches_accumulate_the_one_pass_update(controller, aggregation):
+    """3 passes of 3, 3 and 2 rows (uneven token counts) = one pass over the 8 rows: the loss, every metric
+    (the mismatch metrics of the whole batch included), the gradients and the stepped weights."""
+    extra = (f"algorithm.loss_aggregation={aggregation}",)
+    whole, whole_grads, whole_weights = _update(controller, False, 0.3, extra, uneven=True)
+    split, split_grads, split_weights = _update(controller, False, 0.3, (*extra, "train.micro_batch_rows=3"), True)
+    assert set(whole) == set(split) and whole["lm_steps"] == split["lm_steps"] == 1
+    assert whole["rollout_logprob_diff_max"] > 0.3 and 0.0 < whole["rollout_token_capped_fraction"] < 1.0
+    for key in whole:
+        assert split[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-6), key
+    assert set(whole_grads) == set(split_grads) and len(whole_grads) > 0
+    for name in whole_grads:
+        torch.testing.assert_close(split_grads[name], whole_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    for name in whole_weights:
+        torch.testing.assert_close(split_weights[name], whole_weights[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_micro_batches_above_weigh_tokens_and_rows_differently():
+    """The comparison above can fail: in its micro-batches of 3 rows the shares of tokens and of rows differ by
+    far more than its tolerance, so weighing one as the other (or every micro-batch alike) would be seen."""
+    from thermorl.runtime.update import micro_batches
+
+    parts = micro_batches(torch.arange(8), 3)
+    assert [len(p) for p in parts] == [3, 3, 2]
+    token_shares = [UNEVEN[p].sum().item() / UNEVEN.sum().item() for p in parts]
+    row_shares = [len(p) / 8 for p in parts]
+    assert max(abs(t - r) for t, r in zip(token_shares, row_shares)) > 0.05
+    token_mean, _, _ = _update("fixed", False, 0.3, ("algorithm.loss_aggregation=token_mean",), uneven=True)
+    seq_mean, _, _ = _update("fixed", False, 0.3, ("algorithm.loss_aggregation=seq_mean",), uneven=True)
+    assert token_mean["loss"] != pytest.approx(seq_mean["loss"], rel=1e-2)

@@ -80,6 +80,23 @@ def test_mismatch_metrics_by_hand():
     assert mismatch_metrics(TRAINER, ENGINE, torch.zeros_like(MASK)) == {}
 
 
+def test_mismatch_totals_of_any_split_give_the_whole_batchs_metrics():
+    """Micro-batches and processes each report totals; summed / maxed / minned they give mismatch_metrics of
+    the whole, the correction's fractions included (a row split and a split with an empty part)."""
+    from thermorl.runtime.correction import _totals, combine_totals, mismatch_report
+
+    spec = CorrectionSpec("sequence", "mask", 0.5, 2.0)
+    whole = old_policy(_batch(ENGINE.clone()), TRAINER, TRAINER.clone(), spec).metrics
+    expected = {f"rollout_{k}": v.item() for k, v in mismatch_metrics(TRAINER, ENGINE, MASK).items()}
+    assert {k: whole[k] for k in expected} == pytest.approx(expected, rel=1e-6)
+    assert whole["rollout_sequence_masked_fraction"] == pytest.approx(1 / 2)
+    for rows in ([0], [1]), ([0, 1], []):
+        parts = [_totals("rollout", TRAINER[r], ENGINE[r], MASK[r], spec) for r in rows]
+        combined = mismatch_report(combine_totals(*parts))
+        assert combined == pytest.approx({k: v for k, v in whole.items() if not k.startswith("rollout_head")}, rel=1e-6)
+    assert mismatch_report(_totals("rollout", TRAINER, ENGINE, torch.zeros_like(MASK), spec)) == {}
+
+
 def _batch(head_engine: torch.Tensor) -> RolloutBatch:
     n, t = MASK.shape
     return RolloutBatch(

@@ -91,3 +91,42 @@ def mismatch_metrics(target_logprobs: Tensor, behaviour_logprobs: Tensor, mask: 
         "ratio_min": delta.min().exp(),
         "kl_k3": (torch.expm1(delta) - delta).mean(),
     }
+
+
+# how each of mismatch_totals' values combines over parts of a batch (micro-batches, processes)
+MISMATCH_TOTALS = {"tokens": "sum", "abs_sum": "sum", "sum": "sum", "k3_sum": "sum",
+                   "abs_max": "max", "max": "max", "min": "min"}
+
+
+def mismatch_totals(target_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Tensor) -> dict[str, float]:
+    """The sums and extremes behind ``mismatch_metrics`` over the generated tokens: the token count,
+    sum |delta_t|, sum delta_t, sum (exp(delta_t) - 1 - delta_t), max |delta_t|, max delta_t, min delta_t.
+    Over any split of a batch's tokens (micro-batches, processes), adding the sums and taking the max / min
+    of the extremes (``MISMATCH_TOTALS``) and then ``mismatch_from_totals`` gives the whole batch's
+    ``mismatch_metrics``. No token: zero sums, max -inf, min +inf."""
+    delta = (target_logprobs.float() - behaviour_logprobs.float())[mask > 0].double()
+    empty = delta.numel() == 0
+    return {
+        "tokens": float(delta.numel()),
+        "abs_sum": delta.abs().sum().item(),
+        "sum": delta.sum().item(),
+        "k3_sum": (torch.expm1(delta) - delta).sum().item(),
+        "abs_max": -math.inf if empty else delta.abs().max().item(),
+        "max": -math.inf if empty else delta.max().item(),
+        "min": math.inf if empty else delta.min().item(),
+    }
+
+
+def mismatch_from_totals(totals: dict[str, float]) -> dict[str, float]:
+    """``mismatch_metrics`` (as floats) from combined ``mismatch_totals``; empty when no token was generated."""
+    n = totals["tokens"]
+    if n == 0:
+        return {}
+    return {
+        "logprob_diff_mean": totals["abs_sum"] / n,
+        "logprob_diff_max": totals["abs_max"],
+        "log_ratio_mean": totals["sum"] / n,
+        "ratio_max": math.exp(min(totals["max"], 709.0)),  # 709: the largest float64 exponent, not inf
+        "ratio_min": math.exp(totals["min"]),
+        "kl_k3": totals["k3_sum"] / n,
+    }

@@ -382,14 +382,23 @@ class TrainConfig:
         "Controllers that read the training logits (TAMPO) always get them whole.",
         1024,
     )
+    micro_batch_rows: int = doc(
+        "Rows per forward and backward pass inside each minibatch: gradients accumulate over its micro-batches and "
+        "the optimizer steps once per minibatch (TRL's per_device_train_batch_size x gradient_accumulation_steps, "
+        "verl's ppo_micro_batch_size_per_gpu). The same update to float rounding, with the activations of this many "
+        "rows at a time; 0 = the whole minibatch in one pass.",
+        0,
+    )
 
     def validate(self) -> None:
         positive(
             self, "steps", "eval_every", "eval_avg_k", "eval_avg_problems", "keep_checkpoints", "max_bad_steps",
             "eval_temperature", section="train",
         )
-        if self.checkpoint_every < 0 or self.threads < 0 or self.logit_chunk_tokens < 0:
-            raise ConfigError("train.checkpoint_every, train.threads and train.logit_chunk_tokens must be >= 0")
+        if self.checkpoint_every < 0 or self.threads < 0 or self.logit_chunk_tokens < 0 or self.micro_batch_rows < 0:
+            raise ConfigError(
+                "train.checkpoint_every, train.threads, train.logit_chunk_tokens and train.micro_batch_rows must be >= 0"
+            )
         if not 0 <= self.seed < 2**62:  # torch generators take 64-bit seeds; derived seeds add offsets
             raise ConfigError(f"train.seed must be in [0, 2**62), got {self.seed}")
 

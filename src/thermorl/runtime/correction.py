@@ -6,7 +6,10 @@ the trainer computed from its own forward pass: pi_old of each, the correction w
 (``algorithms.rollout_correction``) and the mismatch metrics. The update reads pi_old and w from here only.
 
 Where the forward pass comes from is the update's business (``runtime.update``): the update's own forward,
-detached, when the step makes one optimizer step; a separate no-grad pass before it otherwise.
+detached, when the step makes one optimizer step; a separate no-grad pass before it otherwise. The mismatch
+metrics travel as totals (sums, maxima, minima) so that the update can combine them over micro-batches and
+processes (``combine_totals``, ``Distributed.combine``) before ``mismatch_report`` turns them into the logged
+means and fractions of the whole step's batch.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from thermorl.algorithms.rollout_correction import correction_weights, mismatch_metrics
+from thermorl.algorithms.rollout_correction import (
+    MISMATCH_TOTALS, correction_weights, mismatch_from_totals, mismatch_totals,
+)
 from thermorl.config import Config
 from thermorl.engines.base import RolloutBatch
 from thermorl.temperature.base import TemperatureActions, TemperatureController
@@ -41,13 +46,18 @@ class OldPolicy:
     outside: Tensor | None = None  # (N, T) 1 where the LM's ratio was capped or masked
     head_logprobs: Tensor | None = None  # (N, T) log pi_phi_old(action_t) of the head (None: the engine's)
     head_weights: Tensor | None = None  # (N, T) weight of each head action's term (None = 1)
-    metrics: dict[str, float] = field(default_factory=dict)
+    totals: dict[str, float] = field(default_factory=dict)  # the mismatch totals (``mismatch_report``)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The mismatch metrics of the rows this pi_old was computed on."""
+        return mismatch_report(self.totals)
 
     def select(self, index: Tensor) -> "OldPolicy":
-        """The rows ``index`` (a minibatch); metrics stay the whole batch's."""
+        """The rows ``index`` (a minibatch); totals stay those of the rows it was computed on."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731
         return OldPolicy(pick(self.logprobs), pick(self.weights), pick(self.outside), pick(self.head_logprobs),
-                         pick(self.head_weights), self.metrics)
+                         pick(self.head_weights), self.totals)
 
     def importance(self) -> tuple[Tensor, Tensor] | None:
         """The LM's (weights, outside) as ``token_objective`` takes them, or None without weights."""
@@ -74,11 +84,11 @@ def old_policy(
     ``spec`` and the mismatch metrics (``rollout_*`` for the LM, ``rollout_head_*`` for the head)."""
     mask = batch.completion_mask
     trainer_logprobs = trainer_logprobs.detach()
-    old = OldPolicy(trainer_logprobs, metrics=_metrics("rollout", trainer_logprobs, batch.logprobs, mask, spec))
+    old = OldPolicy(trainer_logprobs, totals=_totals("rollout", trainer_logprobs, batch.logprobs, mask, spec))
     engine_head = batch.actions.logprob
     if trainer_head_logprobs is not None and engine_head is not None:
         old.head_logprobs = trainer_head_logprobs.detach() * mask
-        old.metrics.update(_metrics("rollout_head", old.head_logprobs, engine_head, mask, spec))
+        old.totals.update(_totals("rollout_head", old.head_logprobs, engine_head, mask, spec))
     if spec.level is None:
         return old
     old.weights, old.outside = correction_weights(
@@ -91,18 +101,54 @@ def old_policy(
     return old
 
 
-def _metrics(prefix: str, trainer: Tensor, engine: Tensor, mask: Tensor, spec: CorrectionSpec) -> dict[str, float]:
-    metrics = {f"{prefix}_{k}": v.item() for k, v in mismatch_metrics(trainer, engine, mask).items()}
-    if spec.level is not None and metrics:
+def _totals(prefix: str, trainer: Tensor, engine: Tensor, mask: Tensor, spec: CorrectionSpec) -> dict[str, float]:
+    """``mismatch_totals`` under ``prefix/``, and with a correction the count of the tokens (token level) or
+    completions with a token (sequence level) that fell outside the bounds, beside the count of all of them."""
+    totals = {f"{prefix}/{k}": v for k, v in mismatch_totals(trainer, engine, mask).items()}
+    if spec.level is not None:
         _, outside = correction_weights(trainer, engine, mask, spec.level, spec.mode, spec.lower, spec.upper)
         what = "capped" if spec.mode == "truncate" else "masked"
         if spec.level == "token":
-            fraction = (outside.sum() / mask.sum().clamp_min(1.0)).item()
-        else:  # the fraction of completions (with at least one token) whose sequence ratio fell outside
+            counted, total = outside.sum().item(), mask.sum().item()
+        else:  # completions (with at least one token) whose sequence ratio fell outside
             rows = mask.sum(-1) > 0
-            fraction = outside.amax(-1)[rows].mean().item()
-        metrics[f"{prefix}_{spec.level}_{what}_fraction"] = fraction
-    return metrics
+            counted, total = outside.amax(-1)[rows].sum().item(), float(rows.sum().item())
+        totals[f"{prefix}/{spec.level}_{what}/outside"] = counted
+        totals[f"{prefix}/{spec.level}_{what}/of"] = total
+    return totals
+
+
+def total_kind(key: str) -> str:
+    """How a mismatch total combines over parts of a batch: 'sum', 'max' or 'min'."""
+    return MISMATCH_TOTALS.get(key.rsplit("/", 1)[-1], "sum")
+
+
+def combine_totals(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """The totals of two parts of a batch (micro-batches) as those of their union."""
+    combined = dict(a)
+    for key, value in b.items():
+        if key not in combined:
+            combined[key] = value
+        else:
+            combined[key] = {"sum": combined[key] + value, "max": max(combined[key], value),
+                             "min": min(combined[key], value)}[total_kind(key)]
+    return combined
+
+
+def mismatch_report(totals: dict[str, float]) -> dict[str, float]:
+    """The logged metrics of (combined) totals: ``rollout_*`` for the LM, ``rollout_head_*`` for the head,
+    ``*_{token,sequence}_{capped,masked}_fraction`` for the correction's share outside its bounds."""
+    report: dict[str, float] = {}
+    for prefix in sorted({key.split("/", 1)[0] for key in totals}):
+        base = {k.split("/", 1)[1]: v for k, v in totals.items() if k.startswith(prefix + "/") and k.count("/") == 1}
+        if not base.get("tokens"):
+            continue  # no generated token: nothing to report
+        report.update({f"{prefix}_{k}": v for k, v in mismatch_from_totals(base).items()})
+        for key in totals:
+            if key.startswith(prefix + "/") and key.endswith("/outside"):
+                name = key.split("/")[1]
+                report[f"{prefix}_{name}_fraction"] = totals[key] / max(totals[key[: -len("outside")] + "of"], 1.0)
+    return report
 
 
 def correction_spec(config: Config) -> CorrectionSpec:

@@ -126,12 +126,14 @@ class Distributed:
                 torch.distributed.broadcast(p.data, src=0)
 
     # -- metrics ----------------------------------------------------------------------------
-    def reduce_metrics(self, metrics: dict[str, float], share: float) -> dict[str, float]:
+    def reduce_metrics(self, metrics: dict[str, float], share: float, row_means: tuple[str, ...] = ()) -> dict[str, float]:
         """Global values of one minibatch's diagnostics: token means weighted by this process's token
-        share; ``loss`` is already scaled and ``grad_norm`` is taken after averaging."""
+        share, ``row_means`` (e.g. a seq-mean pg_loss) alike in every process (each holds as many rows);
+        ``loss`` is already scaled and ``grad_norm`` is taken after averaging."""
         if not self.enabled:
             return metrics
-        return self.mean({k: v if k in ("loss", "grad_norm") else v * share for k, v in metrics.items()})
+        same = ("loss", "grad_norm", *row_means)
+        return self.mean({k: v if k in same else v * share for k, v in metrics.items()})
 
     def mean(self, metrics: dict[str, float]) -> dict[str, float]:
         """Mean over processes of each value (every process passes the same keys)."""
@@ -147,6 +149,22 @@ class Distributed:
         if not self.enabled:
             return counts
         return {k: round(v * self.world_size) for k, v in self.mean(counts).items()}
+
+    def combine(self, values: dict[str, float], kinds: dict[str, str]) -> dict[str, float]:
+        """Each value summed, maxed or minned over processes (``kinds[key]``: 'sum', 'max' or 'min'; every
+        process passes the same keys), e.g. the rollout-mismatch totals of a step's global batch."""
+        if not self.enabled or not values:
+            return values
+        ops = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX,
+               "min": torch.distributed.ReduceOp.MIN}
+        combined = {}
+        for kind, op in ops.items():
+            keys = sorted(k for k in values if kinds[k] == kind)
+            if keys:
+                packed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self._comm_device)
+                torch.distributed.all_reduce(packed, op=op)
+                combined.update(zip(keys, packed.tolist()))
+        return combined
 
     def weighted_mean(
         self, metrics: dict[str, float], weights: dict[str, float], default_weight: float = 1.0

@@ -15,12 +15,16 @@ import torch
 from thermorl.algorithms.grpo import high_entropy_mask, truncated_importance_weights
 from thermorl.algorithms.objective import token_objective
 from thermorl.config import Config
+from thermorl.config.registry import AGGREGATIONS
 from thermorl.engines import RolloutBatch
 from thermorl.engines.hf import truncated_completions
 from thermorl.errors import NonFiniteError
 from thermorl.runtime import fsdp
 from thermorl.runtime.components import Components, finite_gradients
-from thermorl.runtime.correction import CorrectionSpec, OldPolicy, correction_spec, head_logprobs, old_policy
+from thermorl.runtime.correction import (
+    CorrectionSpec, OldPolicy, combine_totals, correction_spec, head_logprobs, mismatch_report, old_policy,
+    total_kind,
+)
 from thermorl.runtime.forward import score
 
 
@@ -44,7 +48,10 @@ def grpo_update(
     off_policy = train_temperatures is not batch.temperatures  # e.g. EAD's T = 1 mode
     exact = engine_logprobs_are_the_trainers(c.engine)
     recomputes = not exact or algo.recompute_old_logprobs  # pi_old = the trainer's own log-probs
-    one_forward = recomputes and not off_policy and single_optimizer_step(config)
+    split = 0 < config.train.micro_batch_rows < len(batch)
+    # the top-entropy mask of a vLLM batch needs its entropies before any loss: micro-batched, a pass of its own
+    late_entropies = not exact and algo.top_entropy_fraction < 1.0
+    one_forward = recomputes and not off_policy and single_optimizer_step(config) and not (split and late_entropies)
     spec = correction_spec(config) if recomputes else CorrectionSpec()
     chunk = 0 if c.controller.needs_logits_after_update else config.train.logit_chunk_tokens  # TAMPO reads logits
     old = None if recomputes else OldPolicy(batch.logprobs)
@@ -68,60 +75,81 @@ def grpo_update(
             ref_logprobs = score(c.reference, batch, chunk_tokens=chunk).logprobs
 
     # the top-entropy mask needs the batch's entropies: one_forward without the sampler's has them after its pass
-    late_pg_mask = one_forward and not exact and algo.top_entropy_fraction < 1.0
+    late_pg_mask = one_forward and late_entropies
     pg_mask = None if late_pg_mask else high_entropy_mask(batch.entropies, batch.completion_mask, algo.top_entropy_fraction)
     kept, overlong = None, {}  # DAPO's overlong filtering: completions cut at max_new_tokens weigh nothing
     if algo.mask_truncated_completions:
         kept = (~truncated_completions(c.policy, batch, config.rollout.max_new_tokens)).float()
         overlong = {"truncated_fraction": 1.0 - kept.mean().item()}
     head_advantages = c.controller.head_advantages(advantages, batch.group_ids)
+    token_scaled = AGGREGATIONS[algo.loss_aggregation].build.scaled_by_token_share
     totals: dict[str, float] = {}
+    mismatch = {} if one_forward else old.totals  # the one-forward path adds up its micro-batches' totals
     updates = lm_steps = head_steps = 0
     logits_for_controller = []
     for epoch in range(algo.num_iterations):
         order = torch.randperm(len(batch), generator=generator, device=generator.device)  # the model's device
         for index in order.chunk(algo.num_minibatches):
-            mb = batch.select(index)
-            mask = mb.completion_mask if kept is None else mb.completion_mask * kept[index].unsqueeze(-1)
-            share = c.dist.token_share(mask)  # 1.0 in one process; see thermorl.runtime.distributed
-            with torch.set_grad_enabled(trains_lm):
-                scored = score(c.policy, mb, chunk_tokens=chunk)
-            if one_forward:  # the one optimizer step's own forward is pi_old, detached (ratio exactly 1)
-                old = old_policy(mb, scored.logprobs, head_logprobs(c.controller, scored.hidden, mb.actions), spec)
-                mb_old = old
-                if not exact:
-                    batch.entropies[index] = scored.entropies.detach()
-                    mb.entropies = scored.entropies.detach()
-            else:
-                mb_old = old.select(index)
-            mb_pg_mask = high_entropy_mask(mb.entropies, mb.completion_mask, algo.top_entropy_fraction) \
-                if late_pg_mask else pg_mask[index]
+            minibatch_mask = _loss_mask(batch, kept, index)
+            share = c.dist.token_share(minibatch_mask)  # 1.0 in one process; see thermorl.runtime.distributed
+            micros = micro_batches(index, config.train.micro_batch_rows)
             metrics: dict[str, float] = {}
-            loss = torch.zeros((), device=mask.device)
-            if trains_lm:
-                loss, diagnostics = token_objective(
-                    scored.logprobs, mb_old.logprobs, advantages[index], mask, epsilon=algo.epsilon,
-                    epsilon_high=algo.epsilon_high, aggregation=algo.loss_aggregation, loss=algo.policy_loss,
-                    pg_mask=mb_pg_mask, importance=mb_old.importance(),
-                    ref_logprobs=None if ref_logprobs is None else ref_logprobs[index], beta=algo.beta,
-                    kl_estimator=algo.kl_estimator, token_share=share, entropies=scored.entropies,
-                    entropy_coef=algo.entropy_coef,
+            loss_sum, backward, trains_head = 0.0, False, False
+            _zero_grad(c)
+            for micro in micros:
+                mb = batch.select(micro)
+                mask = _loss_mask(batch, kept, micro)
+                # the micro-batch's part of its minibatch's loss: of the tokens (token means) or of the rows
+                tokens_part = 1.0 if len(micros) == 1 else (mask.sum() / minibatch_mask.sum().clamp_min(1.0)).item()
+                loss_part = tokens_part if token_scaled else len(micro) / len(index)
+                with torch.set_grad_enabled(trains_lm):
+                    scored = score(c.policy, mb, chunk_tokens=chunk)
+                if one_forward:  # the one optimizer step's own forward is pi_old, detached (ratio exactly 1)
+                    mb_old = old_policy(mb, scored.logprobs, head_logprobs(c.controller, scored.hidden, mb.actions), spec)
+                    mismatch = combine_totals(mismatch, mb_old.totals)
+                    if not exact:
+                        batch.entropies[micro] = scored.entropies.detach()
+                        mb.entropies = scored.entropies.detach()
+                else:
+                    mb_old = old.select(micro)
+                mb_pg_mask = high_entropy_mask(mb.entropies, mb.completion_mask, algo.top_entropy_fraction) \
+                    if late_pg_mask else pg_mask[micro]
+                part: dict[str, float] = {}
+                loss = torch.zeros((), device=mask.device)
+                if trains_lm:
+                    loss, diagnostics = token_objective(
+                        scored.logprobs, mb_old.logprobs, advantages[micro], mask, epsilon=algo.epsilon,
+                        epsilon_high=algo.epsilon_high, aggregation=algo.loss_aggregation, loss=algo.policy_loss,
+                        pg_mask=mb_pg_mask, importance=mb_old.importance(),
+                        ref_logprobs=None if ref_logprobs is None else ref_logprobs[micro], beta=algo.beta,
+                        kl_estimator=algo.kl_estimator, token_share=share, entropies=scored.entropies,
+                        entropy_coef=algo.entropy_coef,
+                    )
+                    part.update({name: value.item() for name, value in diagnostics.items()})
+                    if len(micros) > 1:
+                        loss = loss * loss_part
+                head_loss, head_metrics = c.controller.policy_loss(
+                    scored.hidden, mb_old.head_actions(mb.actions), head_advantages[micro], mask, step
                 )
-                metrics.update({name: value.item() for name, value in diagnostics.items()})
-            head_loss, head_metrics = c.controller.policy_loss(
-                scored.hidden, mb_old.head_actions(mb.actions), head_advantages[index], mask, step
-            )
-            metrics.update(head_metrics)
-            if head_loss is not None:
-                loss = loss + head_loss * share
-            if loss.requires_grad:
-                metrics.update(_optimizer_step(c, loss, trains_lm, head_loss is not None, algo.max_grad_norm))
+                part.update(head_metrics)
+                if head_loss is not None:
+                    loss = loss + head_loss * (share if len(micros) == 1 else share * tokens_part)
+                    trains_head = True
+                if loss.requires_grad:
+                    _backward(c, loss)
+                    backward = True
+                loss_sum += loss.item()
+                for key, value in part.items():  # the minibatch's means from its micro-batches'
+                    weight = loss_part if key == "pg_loss" else tokens_part  # pg_loss: the loss's aggregation
+                    metrics[key] = metrics.get(key, 0.0) + value * weight
+                if epoch == 0 and c.controller.needs_logits_after_update:
+                    logits_for_controller.append((micro, scored.logits.detach()))
+            if backward:
+                metrics.update(_optimizer_step(c, trains_lm, trains_head, algo.max_grad_norm))
                 lm_steps += trains_lm
-                head_steps += head_loss is not None and c.head_optimizer is not None
-            metrics["loss"] = loss.item()
-            if epoch == 0 and c.controller.needs_logits_after_update:
-                logits_for_controller.append((index, scored.logits.detach()))
-            metrics = c.dist.reduce_metrics(metrics, share)
+                head_steps += trains_head and c.head_optimizer is not None
+            metrics["loss"] = loss_sum
+            metrics = c.dist.reduce_metrics(metrics, share, () if token_scaled else ("pg_loss",))
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value
             updates += 1
@@ -131,10 +159,19 @@ def grpo_update(
         _reassemble(logits_for_controller, len(batch)),
     )
     c.dist.sync_controller(c.controller)
+    mismatch = c.dist.combine(mismatch, {key: total_kind(key) for key in mismatch})  # the global batch's
     return {
-        **{key: value / updates for key, value in totals.items()}, **overlong, **old.metrics,
+        **{key: value / updates for key, value in totals.items()}, **overlong, **mismatch_report(mismatch),
         "lm_steps": lm_steps, "head_steps": head_steps,
     }
+
+
+def micro_batches(index: torch.Tensor, rows: int) -> list[torch.Tensor]:
+    """A minibatch's rows in passes of ``rows`` (``train.micro_batch_rows``; 0 = one pass). Split, the rows are
+    taken in batch order, so each micro-batch holds whole prompt groups (one shared prompt pass each)."""
+    if rows <= 0 or rows >= len(index):
+        return [index]
+    return list(index.sort().values.split(rows))
 
 
 def single_optimizer_step(config: Config) -> bool:
@@ -149,14 +186,27 @@ def engine_logprobs_are_the_trainers(engine: object) -> bool:
     return getattr(engine, "exact_logprobs", True)
 
 
-def _optimizer_step(c: Components, loss: torch.Tensor, trains_lm: bool, trains_head: bool, max_norm: float) -> dict:
-    """Backward, average over processes, clip the LM's and the head's gradients separately, step."""
-    if not c.dist.agree(bool(torch.isfinite(loss))):  # every process skips, none waits in backward
-        raise NonFiniteError("non-finite loss")
+def _loss_mask(batch: RolloutBatch, kept: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
+    """The completion mask of rows ``index``, with DAPO's overlong filtering (``kept``) applied."""
+    mask = batch.completion_mask[index]
+    return mask if kept is None else mask * kept[index].unsqueeze(-1)
+
+
+def _zero_grad(c: Components) -> None:
     c.lm_optimizer.zero_grad(set_to_none=True)
     if c.head_optimizer is not None:
         c.head_optimizer.zero_grad(set_to_none=True)
+
+
+def _backward(c: Components, loss: torch.Tensor) -> None:
+    """Accumulate one (micro-batch's) loss's gradients; every process skips a non-finite one, none waits."""
+    if not c.dist.agree(bool(torch.isfinite(loss))):
+        raise NonFiniteError("non-finite loss")
     loss.backward()
+
+
+def _optimizer_step(c: Components, trains_lm: bool, trains_head: bool, max_norm: float) -> dict:
+    """Average the accumulated gradients over processes, clip the LM's and the head's separately, step."""
     c.dist.average_gradients(c.policy.model, c.controller.module)
     metrics = {}
     if max_norm > 0:
