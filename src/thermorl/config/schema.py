@@ -44,6 +44,10 @@ class ModelConfig:
         ["all-linear"],
     )
     dtype: Literal["float32", "bfloat16"] = doc("Parameter dtype of the policy.", "float32")
+    attn_implementation: str = doc(
+        "Attention kernels of the trainer's model, by transformers' names: 'sdpa', 'eager', 'flash_attention_2' "
+        "(GPU, needs flash-attn), ...; '' = transformers' default (sdpa). The vLLM engine uses its own kernels.", ""
+    )
     device: str = doc("'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...", "auto")
     hidden_size: int = doc("Tiny model width (builtin:random only).", 128)
     num_layers: int = doc("Tiny model depth (builtin:random only).", 4)

@@ -102,6 +102,8 @@ def load_policy(config: ModelConfig, seed: int = 0) -> Policy:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     model.to(device=resolve_device(config.device), dtype=dtype)
+    if config.attn_implementation:
+        set_attention(model, config.attn_implementation)
     if config.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
             model.activation_checkpointing_enable({"use_reentrant": False})
@@ -112,6 +114,16 @@ def load_policy(config: ModelConfig, seed: int = 0) -> Policy:
     return Policy(
         model, tokenizer, system_prompt=config.system_prompt, chat_template_kwargs=dict(config.chat_template_kwargs)
     )
+
+
+def set_attention(model: PreTrainedModel, name: str) -> None:
+    """Switch ``model``'s attention kernels (``model.attn_implementation``) through transformers, which checks
+    that the kernels exist here (flash-attn installed, a GPU); a refusal becomes one line."""
+    try:
+        model.set_attn_implementation(name)
+    except (ValueError, ImportError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"model.attn_implementation={name!r}: {first_line}") from None
 
 
 def add_lora(model: PreTrainedModel, config: ModelConfig) -> PreTrainedModel:
