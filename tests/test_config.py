@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from thermorl.config import Config, dump_config, field_help, load_config
@@ -72,3 +74,16 @@ def test_an_unknown_key_with_a_newline_is_reported_on_one_line():
     with pytest.raises(ConfigError, match=r"unknown config key '0\\n0' \(known: ") as err:
         load_config(None, ["0\n0=0"])
     assert "\n" not in str(err.value)
+
+
+def test_every_shipped_recipe_loads_and_validates():
+    """examples/*.yaml (thermorl configs; accelerate's own configs aside) load with every key known and valid."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    recipes = [p for p in sorted(examples.glob("*.yaml")) if not p.name.startswith("accelerate_")]
+    assert len(recipes) >= 4
+    for recipe in recipes:
+        config = load_config(recipe, [])
+        assert config.train.steps > 0, recipe.name
+    multi_gpu = load_config(examples / "math_1.5b.yaml", [])
+    assert multi_gpu.rollout.engine == "vllm" and multi_gpu.train.micro_batch_rows > 0
+    assert multi_gpu.algorithm.num_minibatches == 1  # one optimizer step per rollout: one forward per step
