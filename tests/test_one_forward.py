@@ -63,13 +63,19 @@ def test_one_forward_update_equals_the_recomputation_update(controller):
         assert one["temp_is_weight_mean"] != pytest.approx(1.0, abs=1e-3)  # the head is corrected too
         assert one["rollout_head_logprob_diff_mean"] > 0.1
         assert one["head_steps"] == 1
-    for key in one:
-        assert one[key] == pytest.approx(two[key], rel=1e-4, abs=1e-6), key
-    assert set(one_grads) == set(two_grads) and len(one_grads) > 0
-    for name in one_grads:
-        torch.testing.assert_close(one_grads[name], two_grads[name], rtol=1e-4, atol=1e-6, msg=name)
-    for name in one_weights:
-        torch.testing.assert_close(one_weights[name], two_weights[name], rtol=1e-4, atol=1e-6, msg=name)
+    _assert_same_update((one, one_grads, one_weights), (two, two_grads, two_weights))
+
+
+def _assert_same_update(first, second):
+    """Two updates' metrics, gradients and stepped weights agree (rel 1e-4: float reordering only)."""
+    (metrics, grads, weights), (other_metrics, other_grads, other_weights) = first, second
+    for key in metrics:
+        assert other_metrics[key] == pytest.approx(metrics[key], rel=1e-4, abs=1e-6), key
+    assert set(grads) == set(other_grads) and len(grads) > 0
+    for name in grads:
+        torch.testing.assert_close(other_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    for name in weights:
+        torch.testing.assert_close(other_weights[name], weights[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean"])
@@ -78,17 +84,11 @@ def test_micro_batches_accumulate_the_one_pass_update(controller, aggregation):
     """3 passes of 3, 3 and 2 rows (uneven token counts) = one pass over the 8 rows: the loss, every metric
     (the mismatch metrics of the whole batch included), the gradients and the stepped weights."""
     extra = (f"algorithm.loss_aggregation={aggregation}",)
-    whole, whole_grads, whole_weights = _update(controller, False, 0.3, extra, uneven=True)
-    split, split_grads, split_weights = _update(controller, False, 0.3, (*extra, "train.micro_batch_rows=3"), True)
-    assert set(whole) == set(split) and whole["lm_steps"] == split["lm_steps"] == 1
-    assert whole["rollout_logprob_diff_max"] > 0.3 and 0.0 < whole["rollout_token_capped_fraction"] < 1.0
-    for key in whole:
-        assert split[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-6), key
-    assert set(whole_grads) == set(split_grads) and len(whole_grads) > 0
-    for name in whole_grads:
-        torch.testing.assert_close(split_grads[name], whole_grads[name], rtol=1e-4, atol=1e-6, msg=name)
-    for name in whole_weights:
-        torch.testing.assert_close(split_weights[name], whole_weights[name], rtol=1e-4, atol=1e-6, msg=name)
+    whole = _update(controller, False, 0.3, extra, uneven=True)
+    split = _update(controller, False, 0.3, (*extra, "train.micro_batch_rows=3"), True)
+    assert set(whole[0]) == set(split[0]) and whole[0]["lm_steps"] == split[0]["lm_steps"] == 1
+    assert whole[0]["rollout_logprob_diff_max"] > 0.3 and 0.0 < whole[0]["rollout_token_capped_fraction"] < 1.0
+    _assert_same_update(whole, split)
 
 
 def test_the_micro_batches_above_weigh_tokens_and_rows_differently():
