@@ -71,26 +71,17 @@ def correction_weights(
     return weigh(log_rho, lower, upper) * mask, outside_bounds(log_rho, lower, upper) * mask
 
 
-def mismatch_metrics(target_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Tensor) -> dict[str, Tensor]:
+def mismatch_metrics(target_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Tensor) -> dict[str, float]:
     """How far the engine's log-probs mu are from the trainer's pi over the generated tokens (m_t = 1):
 
       logprob_diff_mean / _max = mean / max |delta_t|;   log_ratio_mean = mean delta_t;
       ratio_max / _min = max / min exp(delta_t);
       kl_k3 = mean (exp(delta_t) - 1 - delta_t), the k3 estimate of KL(mu || pi) from mu's samples
       (Schulman 2020; verl's rollout-correction KL).
-    Empty when no token is generated.
+    Empty when no token is generated. Computed through ``mismatch_totals``, the form that adds up over
+    micro-batches and processes (what the runtime logs).
     """
-    delta = (target_logprobs.float() - behaviour_logprobs.float())[mask > 0]
-    if delta.numel() == 0:
-        return {}
-    return {
-        "logprob_diff_mean": delta.abs().mean(),
-        "logprob_diff_max": delta.abs().max(),
-        "log_ratio_mean": delta.mean(),
-        "ratio_max": delta.max().exp(),
-        "ratio_min": delta.min().exp(),
-        "kl_k3": (torch.expm1(delta) - delta).mean(),
-    }
+    return mismatch_from_totals(mismatch_totals(target_logprobs, behaviour_logprobs, mask))
 
 
 # how each of mismatch_totals' values combines over parts of a batch (micro-batches, processes)
