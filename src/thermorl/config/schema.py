@@ -390,7 +390,8 @@ class TrainConfig:
         "Rows per forward and backward pass inside each minibatch: gradients accumulate over its micro-batches and "
         "the optimizer steps once per minibatch (TRL's per_device_train_batch_size x gradient_accumulation_steps, "
         "verl's ppo_micro_batch_size_per_gpu). The same update to float rounding, with the activations of this many "
-        "rows at a time; 0 = the whole minibatch in one pass.",
+        "rows at a time; 0 = the whole minibatch in one pass. Split, rows go by completion length when that leaves "
+        "fewer positions to run than whole prompt groups do, and each pass skips its columns of padding.",
         0,
     )
 

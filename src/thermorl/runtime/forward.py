@@ -9,14 +9,22 @@ cross-entropy idea): generated tokens' hidden states -> a chunk of rows -> logit
 recomputed in backward instead of kept. The full (tokens x vocab) logits never exist at once (at 64 x 128
 tokens and a 49k vocabulary they are 1.6 GB of float32 per forward, and autograd keeps several such
 tensors), and padding positions are not scored at all (log-prob and entropy 0 there).
+
+Columns that are padding in every row of the batch scored (a micro-batch's tail past its longest completion,
+its prompts' common left padding) are cut before the pass (``trim_padding``) and the outputs padded back
+with zeros. Causal attention makes the kept positions' values those of the uncut pass, so this costs
+nothing in exactness and saves the padding's compute, which ordering micro-batches by length makes large
+(``runtime.update.micro_batches``; verl's dynamic batch size and TRL's padding-free batches do the same
+on GPU).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
+from torch.nn.functional import pad
 from torch.utils.checkpoint import checkpoint
 
 from thermorl.algorithms.logprobs import sampled_logprobs
@@ -47,7 +55,43 @@ def score(policy: Policy, batch: RolloutBatch, share_prompts: bool = True, chunk
 
     ``chunk_tokens`` > 0 applies the LM head to that many generated tokens at a time, fused with the
     log-softmax (``chunked_logprobs``; equal values and gradients, tested); 0 computes the full logits.
+
+    Columns that are padding in every row are not run (``trim_padding``); their outputs are 0.
     """
+    width = batch.completion_ids.shape[1]
+    scored = _score(policy, trim_padding(batch), share_prompts, chunk_tokens)
+    return pad_columns(scored, width)
+
+
+def trim_padding(batch: RolloutBatch) -> RolloutBatch:
+    """``batch`` without the columns that are padding in every row: the prompts' common left padding and the
+    completions' columns past the longest one (at least one column is kept). Only the fields a forward
+    pass reads are cut (ids, masks, temperatures); the others stay as they are."""
+    prompt_used = batch.prompt_mask.bool().any(0).nonzero()
+    start = int(prompt_used[0]) if len(prompt_used) else 0
+    completion_used = batch.completion_mask.bool().any(0).nonzero()
+    end = int(completion_used[-1]) + 1 if len(completion_used) else 1
+    if start == 0 and end == batch.completion_ids.shape[1]:
+        return batch
+    return replace(
+        batch, prompt_ids=batch.prompt_ids[:, start:], prompt_mask=batch.prompt_mask[:, start:],
+        completion_ids=batch.completion_ids[:, :end], completion_mask=batch.completion_mask[:, :end],
+        temperatures=batch.temperatures[:, :end],
+    )
+
+
+def pad_columns(scored: Scored, width: int) -> Scored:
+    """``scored`` padded with zeros on the right to ``width`` completion columns."""
+    missing = width - scored.logprobs.shape[1]
+    if missing == 0:
+        return scored
+    return Scored(
+        pad(scored.logprobs, (0, missing)), pad(scored.entropies, (0, missing)), pad(scored.hidden, (0, 0, 0, missing)),
+        None if scored.logits is None else pad(scored.logits, (0, 0, 0, missing)),
+    )
+
+
+def _score(policy: Policy, batch: RolloutBatch, share_prompts: bool, chunk_tokens: int) -> Scored:
     prompt_len = batch.prompt_ids.shape[1]
     if share_prompts and not policy.activation_checkpointing:
         last_prompt_hidden, cache = prompt_pass(policy, batch.prompt_ids, batch.prompt_mask)

@@ -92,7 +92,7 @@ def grpo_update(
         for index in order.chunk(algo.num_minibatches):
             minibatch_mask = _loss_mask(batch, kept, index)
             share = c.dist.token_share(minibatch_mask)  # 1.0 in one process; see thermorl.runtime.distributed
-            micros = micro_batches(index, config.train.micro_batch_rows)
+            micros = micro_batches(index, config.train.micro_batch_rows, batch)
             metrics: dict[str, float] = {}
             loss_sum, backward, trains_head = 0.0, False, False
             _zero_grad(c)
@@ -166,12 +166,34 @@ def grpo_update(
     }
 
 
-def micro_batches(index: torch.Tensor, rows: int) -> list[torch.Tensor]:
-    """A minibatch's rows in passes of ``rows`` (``train.micro_batch_rows``; 0 = one pass). Split, the rows are
-    taken in batch order, so each micro-batch holds whole prompt groups (one shared prompt pass each)."""
+def micro_batches(index: torch.Tensor, rows: int, batch: RolloutBatch | None = None) -> list[torch.Tensor]:
+    """A minibatch's rows in passes of ``rows`` (``train.micro_batch_rows``; 0 = one pass).
+
+    Split, the rows go in one of two orders, whichever leaves fewer positions to run (``pass_positions``;
+    batch order when no ``batch`` is given): batch order keeps whole prompt groups together (one shared prompt
+    pass each); completion-length order puts rows of like length together, so each pass is cut to its own
+    longest completion (``runtime.forward.trim_padding``). Either gives the same update (the loss is a sum over
+    passes, tested); only the cost differs. Long completions of spread lengths favour length order, long
+    prompts with short completions batch order."""
     if rows <= 0 or rows >= len(index):
         return [index]
-    return list(index.sort().values.split(rows))
+    in_batch_order = list(index.sort().values.split(rows))
+    if batch is None:
+        return in_batch_order
+    lengths = batch.completion_mask[index].sum(-1)
+    by_length = list(index[torch.argsort(lengths, stable=True)].split(rows))
+    return min(in_batch_order, by_length, key=lambda parts: pass_positions(batch, parts))
+
+
+def pass_positions(batch: RolloutBatch, parts: list[torch.Tensor]) -> int:
+    """The positions the passes over ``parts`` run: per pass, each distinct prompt once (its longest prompt's
+    width) and every row to the pass's longest completion."""
+    total = 0
+    for part in parts:
+        prompt_mask = batch.prompt_mask[part]
+        distinct = len(torch.unique(batch.prompt_ids[part] * prompt_mask, dim=0))
+        total += distinct * int(prompt_mask.sum(-1).max()) + len(part) * int(batch.completion_mask[part].sum(-1).max())
+    return total
 
 
 def single_optimizer_step(config: Config) -> bool:
