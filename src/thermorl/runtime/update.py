@@ -8,13 +8,13 @@ LM's and the head's gradients are each clipped to ``algorithm.max_grad_norm`` (t
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from thermorl.algorithms.grpo import high_entropy_mask, truncated_importance_weights
 from thermorl.algorithms.objective import token_objective
-from thermorl.config import Config
+from thermorl.config import AlgorithmConfig, Config
 from thermorl.config.registry import AGGREGATIONS
 from thermorl.engines import RolloutBatch
 from thermorl.engines.hf import truncated_completions
@@ -76,12 +76,18 @@ def grpo_update(
 
     # the top-entropy mask needs the batch's entropies: one_forward without the sampler's has them after its pass
     late_pg_mask = one_forward and late_entropies
-    pg_mask = None if late_pg_mask else high_entropy_mask(batch.entropies, batch.completion_mask, algo.top_entropy_fraction)
     kept, overlong = None, {}  # DAPO's overlong filtering: completions cut at max_new_tokens weigh nothing
     if algo.mask_truncated_completions:
         kept = (~truncated_completions(c.policy, batch, config.rollout.max_new_tokens)).float()
         overlong = {"truncated_fraction": 1.0 - kept.mean().item()}
-    head_advantages = c.controller.head_advantages(advantages, batch.group_ids)
+    passes = Passes(
+        batch=batch, advantages=advantages, head_advantages=c.controller.head_advantages(advantages, batch.group_ids),
+        old=None if one_forward else old, spec=spec,
+        pg_mask=None if late_pg_mask else high_entropy_mask(batch.entropies, batch.completion_mask,
+                                                            algo.top_entropy_fraction),
+        kept=kept, ref_logprobs=ref_logprobs, chunk=chunk, trains_lm=trains_lm,
+        writes_entropies=one_forward and not exact, step=step,
+    )
     token_scaled = AGGREGATIONS[algo.loss_aggregation].build.scaled_by_token_share
     totals: dict[str, float] = {}
     mismatch = {} if one_forward else old.totals  # the one-forward path adds up its micro-batches' totals
@@ -97,53 +103,20 @@ def grpo_update(
             loss_sum, backward, trains_head = 0.0, False, False
             _zero_grad(c)
             for micro in micros:
-                mb = batch.select(micro)
-                mask = _loss_mask(batch, kept, micro)
                 # the micro-batch's part of its minibatch's loss: of the tokens (token means) or of the rows
-                tokens_part = 1.0 if len(micros) == 1 else (mask.sum() / minibatch_mask.sum().clamp_min(1.0)).item()
+                tokens_part = 1.0 if len(micros) == 1 else \
+                    (_loss_mask(batch, kept, micro).sum() / minibatch_mask.sum().clamp_min(1.0)).item()
                 loss_part = tokens_part if token_scaled else len(micro) / len(index)
-                with torch.set_grad_enabled(trains_lm):
-                    scored = score(c.policy, mb, chunk_tokens=chunk)
-                if one_forward:  # the one optimizer step's own forward is pi_old, detached (ratio exactly 1)
-                    mb_old = old_policy(mb, scored.logprobs, head_logprobs(c.controller, scored.hidden, mb.actions), spec)
-                    mismatch = combine_totals(mismatch, mb_old.totals)
-                    if not exact:
-                        batch.entropies[micro] = scored.entropies.detach()
-                        mb.entropies = scored.entropies.detach()
-                else:
-                    mb_old = old.select(micro)
-                mb_pg_mask = high_entropy_mask(mb.entropies, mb.completion_mask, algo.top_entropy_fraction) \
-                    if late_pg_mask else pg_mask[micro]
-                part: dict[str, float] = {}
-                loss = torch.zeros((), device=mask.device)
-                if trains_lm:
-                    loss, diagnostics = token_objective(
-                        scored.logprobs, mb_old.logprobs, advantages[micro], mask, epsilon=algo.epsilon,
-                        epsilon_high=algo.epsilon_high, aggregation=algo.loss_aggregation, loss=algo.policy_loss,
-                        pg_mask=mb_pg_mask, importance=mb_old.importance(),
-                        ref_logprobs=None if ref_logprobs is None else ref_logprobs[micro], beta=algo.beta,
-                        kl_estimator=algo.kl_estimator, token_share=share, entropies=scored.entropies,
-                        entropy_coef=algo.entropy_coef,
-                    )
-                    part.update({name: value.item() for name, value in diagnostics.items()})
-                    if len(micros) > 1:
-                        loss = loss * loss_part
-                head_loss, head_metrics = c.controller.policy_loss(
-                    scored.hidden, mb_old.head_actions(mb.actions), head_advantages[micro], mask, step
-                )
-                part.update(head_metrics)
-                if head_loss is not None:
-                    loss = loss + head_loss * (share if len(micros) == 1 else share * tokens_part)
-                    trains_head = True
-                if loss.requires_grad:
-                    _backward(c, loss)
-                    backward = True
-                loss_sum += loss.item()
-                for key, value in part.items():  # the minibatch's means from its micro-batches'
+                done = one_pass(c, algo, passes, micro, share, loss_part, tokens_part)
+                mismatch = combine_totals(mismatch, done.mismatch)
+                loss_sum += done.loss
+                backward |= done.backward
+                trains_head |= done.trains_head
+                for key, value in done.metrics.items():  # the minibatch's means from its micro-batches'
                     weight = loss_part if key == "pg_loss" else tokens_part  # pg_loss: the loss's aggregation
                     metrics[key] = metrics.get(key, 0.0) + value * weight
                 if epoch == 0 and c.controller.needs_logits_after_update:
-                    logits_for_controller.append((micro, scored.logits.detach()))
+                    logits_for_controller.append((micro, done.logits))
             if backward:
                 metrics.update(_optimizer_step(c, trains_lm, trains_head, algo.max_grad_norm))
                 lm_steps += trains_lm
@@ -164,6 +137,81 @@ def grpo_update(
         **{key: value / updates for key, value in totals.items()}, **overlong, **mismatch_report(mismatch),
         "lm_steps": lm_steps, "head_steps": head_steps,
     }
+
+
+@dataclass
+class Passes:
+    """What every forward and backward pass of one update reads, settled before the first (``grpo_update``)."""
+
+    batch: RolloutBatch
+    advantages: torch.Tensor  # (N,) the LM's
+    head_advantages: torch.Tensor  # the controller's (``head_advantages``)
+    old: OldPolicy | None  # pi_old and the correction weights; None: each pass's own forward, detached
+    spec: CorrectionSpec  # the rollout correction a pass's own pi_old gets
+    pg_mask: torch.Tensor | None  # (N, T) the top-entropy mask; None: each pass's, from its own entropies
+    kept: torch.Tensor | None  # (N,) DAPO's overlong filter (1 = kept), or None
+    ref_logprobs: torch.Tensor | None  # (N, T) the reference model's, for the KL term
+    chunk: int  # ``train.logit_chunk_tokens`` (0 for controllers that read the logits)
+    trains_lm: bool
+    writes_entropies: bool  # the engine recorded none (vLLM): the trainer's go into ``batch.entropies``
+    step: int
+
+
+@dataclass
+class PassResult:
+    loss: float  # the pass's part of the minibatch's loss
+    metrics: dict[str, float]  # the pass's own means (its minibatch's are weighted sums of these)
+    mismatch: dict[str, float]  # its rollout-correction totals when it was its own pi_old, else empty
+    backward: bool  # whether it accumulated gradients
+    trains_head: bool  # whether the controller had a loss
+    logits: torch.Tensor | None  # its training logits, detached (for controllers that read them)
+
+
+def one_pass(
+    c: Components, algo: AlgorithmConfig, passes: Passes, micro: torch.Tensor, share: float, loss_part: float,
+    tokens_part: float,
+) -> PassResult:
+    """Forward and backward over rows ``micro``, gradients accumulated: the LM's token objective scaled by
+    ``loss_part`` (the pass's part of its minibatch's loss), the controller's loss by ``share`` (the minibatch's
+    part of the global batch's tokens) x ``tokens_part`` (the pass's part of the minibatch's tokens)."""
+    batch = passes.batch
+    mb, mask = batch.select(micro), _loss_mask(batch, passes.kept, micro)
+    with torch.set_grad_enabled(passes.trains_lm):
+        scored = score(c.policy, mb, chunk_tokens=passes.chunk)
+    mismatch: dict[str, float] = {}
+    if passes.old is None:  # the one optimizer step's own forward is pi_old, detached (ratio exactly 1)
+        old = old_policy(mb, scored.logprobs, head_logprobs(c.controller, scored.hidden, mb.actions), passes.spec)
+        mismatch = old.totals
+        if passes.writes_entropies:
+            batch.entropies[micro] = scored.entropies.detach()
+            mb.entropies = scored.entropies.detach()
+    else:
+        old = passes.old.select(micro)
+    pg_mask = high_entropy_mask(mb.entropies, mb.completion_mask, algo.top_entropy_fraction) \
+        if passes.pg_mask is None else passes.pg_mask[micro]
+    metrics: dict[str, float] = {}
+    loss = torch.zeros((), device=mask.device)
+    if passes.trains_lm:
+        loss, diagnostics = token_objective(
+            scored.logprobs, old.logprobs, passes.advantages[micro], mask, epsilon=algo.epsilon,
+            epsilon_high=algo.epsilon_high, aggregation=algo.loss_aggregation, loss=algo.policy_loss,
+            pg_mask=pg_mask, importance=old.importance(),
+            ref_logprobs=None if passes.ref_logprobs is None else passes.ref_logprobs[micro], beta=algo.beta,
+            kl_estimator=algo.kl_estimator, token_share=share,
+            entropies=scored.entropies, entropy_coef=algo.entropy_coef,
+        )
+        metrics.update({name: value.item() for name, value in diagnostics.items()})
+        loss = loss * loss_part
+    head_loss, head_metrics = c.controller.policy_loss(
+        scored.hidden, old.head_actions(mb.actions), passes.head_advantages[micro], mask, passes.step
+    )
+    metrics.update(head_metrics)
+    if head_loss is not None:
+        loss = loss + head_loss * (share * tokens_part)
+    if loss.requires_grad:
+        _backward(c, loss)
+    logits = None if scored.logits is None else scored.logits.detach()
+    return PassResult(loss.item(), metrics, mismatch, loss.requires_grad, head_loss is not None, logits)
 
 
 def micro_batches(index: torch.Tensor, rows: int, batch: RolloutBatch | None = None) -> list[torch.Tensor]:
