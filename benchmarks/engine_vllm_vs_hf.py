@@ -139,6 +139,7 @@ def step_pairs(args: argparse.Namespace, controller: str) -> dict:
     problems = components["hf"].task.train_problems(random.Random(1), args.prompts * (args.step_repeats + 1))
     times: dict[str, list[float]] = {"hf": [], "vllm": []}
     walls: dict[str, list[float]] = {"hf": [], "vllm": []}
+    tokens: dict[str, list[int]] = {"hf": [], "vllm": []}  # new tokens per step: the update's cost follows them
     split: dict[str, dict[str, list[float]]] = {e: {"rollout": [], "sync": [], "update": [], "rest": []}
                                                 for e in components}
     for round_ in range(args.step_repeats + 1):  # the first round warms up
@@ -148,14 +149,16 @@ def step_pairs(args: argparse.Namespace, controller: str) -> dict:
             parts[engine].update(rollout=0.0, sync=0.0, update=0.0)
             current["parts"] = parts[engine]
             begin, cpu = time.perf_counter(), time.process_time()
-            train_step(components[engine], configs[engine], states[engine], round_ + 1, batch)
+            _, sampled, *_ = train_step(components[engine], configs[engine], states[engine], round_ + 1, batch)
             if round_:
                 times[engine].append(time.process_time() - cpu)
                 walls[engine].append(time.perf_counter() - begin)
+                tokens[engine].append(int(sampled.completion_mask.sum()))
                 for part in ("rollout", "sync", "update"):
                     split[engine][part].append(round(parts[engine][part], 2))
                 split[engine]["rest"].append(round(times[engine][-1] - sum(parts[engine].values()), 2))
-                print("step", controller, engine, round(times[engine][-1], 2), {k: round(v, 2) for k, v in parts[engine].items()},
+                print("step", controller, engine, round(times[engine][-1], 2), tokens[engine][-1],
+                      {k: round(v, 2) for k, v in parts[engine].items()},
                       flush=True)  # each step as it ends: a run cut short keeps what it measured
     ratios = [h / v for h, v in zip(times["hf"], times["vllm"])]
     trainer.grpo_update = update
@@ -164,6 +167,7 @@ def step_pairs(args: argparse.Namespace, controller: str) -> dict:
         "hf_step_cpu_s": [round(t, 2) for t in times["hf"]], "vllm_step_cpu_s": [round(t, 2) for t in times["vllm"]],
         "hf_step_wall_s": [round(t, 2) for t in walls["hf"]], "vllm_step_wall_s": [round(t, 2) for t in walls["vllm"]],
         "paired_speedups": [round(r, 3) for r in ratios], "speedup": round(statistics.median(ratios), 3),
+        "new_tokens": tokens,
         # CPU s per step: the engine's rollout, its weight sync, the update (grpo_update), the rest (reward, statistics)
         "split_cpu_s": split,
     }
