@@ -78,14 +78,15 @@ def _assert_same_update(first, second):
         torch.testing.assert_close(other_weights[name], weights[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean"])
+@pytest.mark.parametrize("aggregation, separate", [("token_mean", False), ("seq_mean", False), ("token_mean", True)])
 @pytest.mark.parametrize("controller", ["fixed", "introspective"])
-def test_micro_batches_accumulate_the_one_pass_update(controller, aggregation):
+def test_micro_batches_accumulate_the_one_pass_update(controller, aggregation, separate):
     """3 passes of 3, 3 and 2 rows (uneven token counts) = one pass over the 8 rows: the loss, every metric
-    (the mismatch metrics of the whole batch included), the gradients and the stepped weights."""
+    (the mismatch metrics of the whole batch included), the gradients and the stepped weights; with a separate
+    pi_old pass, that pass in micro-batches too."""
     extra = (f"algorithm.loss_aggregation={aggregation}",)
-    whole = _update(controller, False, 0.3, extra, uneven=True)
-    split = _update(controller, False, 0.3, (*extra, "train.micro_batch_rows=3"), True)
+    whole = _update(controller, separate, 0.3, extra, uneven=True)
+    split = _update(controller, separate, 0.3, (*extra, "train.micro_batch_rows=3"), True)
     assert set(whole[0]) == set(split[0]) and whole[0]["lm_steps"] == split[0]["lm_steps"] == 1
     assert whole[0]["rollout_logprob_diff_max"] > 0.3 and 0.0 < whole[0]["rollout_token_capped_fraction"] < 1.0
     _assert_same_update(whole, split)
@@ -128,3 +129,27 @@ def test_micro_batches_take_the_order_with_fewer_positions_to_run():
     assert pass_positions(spread, parts) < pass_positions(spread, micro_batches(torch.arange(8), 4))
     long_prompts = batch(50, [10, 9, 10, 10, 8, 10, 10, 7])
     assert [p.tolist() for p in micro_batches(torch.arange(8), 4, long_prompts)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_the_no_grad_passes_run_in_micro_batches_and_give_the_whole_pass(monkeypatch):
+    """pi_old's separate pass (and the reference model's) scores the batch in passes of ``micro_batch_rows``
+    rows, so the update's memory bound holds there too, and returns the whole pass's outputs in batch order."""
+    from thermorl.runtime import update
+    from thermorl.runtime.forward import score
+
+    config = load_config(None, TINY)
+    c = build_components(config)
+    problems = [p for p in c.task.train_problems(random.Random(0), 4) for _ in range(2)]
+    batch = c.engine.generate([p.prompt for p in problems], c.controller, torch.Generator().manual_seed(0),
+                              group_ids=torch.arange(8) // 2)
+    keep = (torch.arange(batch.completion_mask.shape[1]) < UNEVEN.unsqueeze(-1)).float()
+    batch = dataclasses.replace(batch, completion_mask=batch.completion_mask * keep)
+    sizes = []
+    monkeypatch.setattr(update, "score", lambda policy, b, **kw: sizes.append(len(b)) or score(policy, b, **kw))
+    parts = update.score_without_gradients(c.policy, batch, 3, 0)
+    assert sorted(sizes) == [2, 3, 3]
+    with torch.no_grad():
+        whole = score(c.policy, batch)
+    valid = batch.completion_mask.bool()
+    for name in ("logprobs", "entropies", "hidden", "logits"):
+        torch.testing.assert_close(getattr(parts, name)[valid], getattr(whole, name)[valid], rtol=1e-5, atol=1e-5)

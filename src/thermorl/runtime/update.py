@@ -19,13 +19,14 @@ from thermorl.config.registry import AGGREGATIONS
 from thermorl.engines import RolloutBatch
 from thermorl.engines.hf import truncated_completions
 from thermorl.errors import NonFiniteError
+from thermorl.models.policy import Policy
 from thermorl.runtime import fsdp
 from thermorl.runtime.components import Components, finite_gradients
 from thermorl.runtime.correction import (
     CorrectionSpec, OldPolicy, combine_totals, correction_spec, head_logprobs, mismatch_report, old_policy,
     total_kind,
 )
-from thermorl.runtime.forward import score
+from thermorl.runtime.forward import Scored, score
 
 
 def grpo_update(
@@ -48,7 +49,8 @@ def grpo_update(
     off_policy = train_temperatures is not batch.temperatures  # e.g. EAD's T = 1 mode
     exact = engine_logprobs_are_the_trainers(c.engine)
     recomputes = not exact or algo.recompute_old_logprobs  # pi_old = the trainer's own log-probs
-    split = 0 < config.train.micro_batch_rows < len(batch)
+    rows = config.train.micro_batch_rows
+    split = 0 < rows < len(batch)
     # the top-entropy mask of a vLLM batch needs its entropies before any loss: micro-batched, a pass of its own
     late_entropies = not exact and algo.top_entropy_fraction < 1.0
     one_forward = recomputes and not off_policy and single_optimizer_step(config) and not (split and late_entropies)
@@ -56,23 +58,20 @@ def grpo_update(
     chunk = 0 if c.controller.needs_logits_after_update else config.train.logit_chunk_tokens  # TAMPO reads logits
     old = None if recomputes else OldPolicy(batch.logprobs)
     if recomputes and not one_forward:
-        with torch.no_grad():
-            scored = score(c.policy, batch, chunk_tokens=chunk)
+        scored = score_without_gradients(c.policy, batch, rows, chunk)
         old = old_policy(batch, scored.logprobs, head_logprobs(c.controller, scored.hidden, batch.actions), spec)
         if not exact:
             batch.entropies = scored.entropies
     if off_policy:  # pi_old at the training temperatures, w_t = min(pi_old(y_t | T_train) / pi(y_t | T_sampled), C)
         batch = replace(batch, temperatures=train_temperatures)
-        with torch.no_grad():
-            at_train = score(c.policy, batch, chunk_tokens=chunk).logprobs
+        at_train = score_without_gradients(c.policy, batch, rows, chunk).logprobs
         cap = c.controller.is_cap
         importance = (truncated_importance_weights(at_train, sampled_logprobs, cap),
                       (at_train - sampled_logprobs > math.log(cap)).float())
         old = replace(old, logprobs=at_train, weights=importance[0], outside=importance[1])
     ref_logprobs = None
     if c.reference is not None:
-        with torch.no_grad():
-            ref_logprobs = score(c.reference, batch, chunk_tokens=chunk).logprobs
+        ref_logprobs = score_without_gradients(c.reference, batch, rows, chunk).logprobs
 
     # the top-entropy mask needs the batch's entropies: one_forward without the sampler's has them after its pass
     late_pg_mask = one_forward and late_entropies
@@ -98,7 +97,7 @@ def grpo_update(
         for index in order.chunk(algo.num_minibatches):
             minibatch_mask = _loss_mask(batch, kept, index)
             share = c.dist.token_share(minibatch_mask)  # 1.0 in one process; see thermorl.runtime.distributed
-            micros = micro_batches(index, config.train.micro_batch_rows, batch)
+            micros = micro_batches(index, rows, batch)
             metrics: dict[str, float] = {}
             loss_sum, backward, trains_head = 0.0, False, False
             _zero_grad(c)
@@ -212,6 +211,21 @@ def one_pass(
         _backward(c, loss)
     logits = None if scored.logits is None else scored.logits.detach()
     return PassResult(loss.item(), metrics, mismatch, loss.requires_grad, head_loss is not None, logits)
+
+
+@torch.no_grad()
+def score_without_gradients(policy: Policy, batch: RolloutBatch, rows: int, chunk: int) -> Scored:
+    """``score`` of the whole batch without gradients (pi_old's pass, the reference model's), in passes of
+    ``rows`` rows (``train.micro_batch_rows``) like the update's, so its memory is bounded the same way; the
+    outputs in batch order."""
+    parts = micro_batches(torch.arange(len(batch), device=batch.completion_ids.device), rows, batch)
+    if len(parts) == 1:
+        return score(policy, batch, chunk_tokens=chunk)
+    scored = [score(policy, batch.select(part), chunk_tokens=chunk) for part in parts]
+    order = torch.cat(parts).argsort()
+    whole = lambda name: torch.cat([getattr(s, name) for s in scored])[order]  # noqa: E731
+    return Scored(whole("logprobs"), whole("entropies"), whole("hidden"),
+                  None if scored[0].logits is None else whole("logits"))
 
 
 def micro_batches(index: torch.Tensor, rows: int, batch: RolloutBatch | None = None) -> list[torch.Tensor]:
