@@ -139,10 +139,7 @@ class Distributed:
         """Mean over processes of each value (every process passes the same keys)."""
         if not self.enabled or not metrics:
             return metrics
-        keys = sorted(metrics)
-        values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self._comm_device)
-        torch.distributed.all_reduce(values)
-        return dict(zip(keys, (values / self.world_size).tolist()))
+        return {k: v / self.world_size for k, v in self._all_reduce(metrics, "sum").items()}
 
     def total(self, counts: dict[str, int]) -> dict[str, int]:
         """Sum over processes of each count (every process passes the same keys)."""
@@ -155,15 +152,9 @@ class Distributed:
         process passes the same keys), e.g. the rollout-mismatch totals of a step's global batch."""
         if not self.enabled or not values:
             return values
-        ops = {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX,
-               "min": torch.distributed.ReduceOp.MIN}
         combined = {}
-        for kind, op in ops.items():
-            keys = sorted(k for k in values if kinds[k] == kind)
-            if keys:
-                packed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self._comm_device)
-                torch.distributed.all_reduce(packed, op=op)
-                combined.update(zip(keys, packed.tolist()))
+        for kind in ("sum", "max", "min"):
+            combined.update(self._all_reduce({k: v for k, v in values.items() if kinds[k] == kind}, kind))
         return combined
 
     def weighted_mean(
@@ -172,13 +163,21 @@ class Distributed:
         """sum_r w_r m_r / sum_r w_r per key (e.g. accuracies over differently sized shards)."""
         if not self.enabled:
             return metrics
-        weights = {k: weights.get(k, default_weight) for k in metrics}
-        keys = sorted(metrics)
-        packed = [float(metrics[k]) * weights[k] for k in keys] + [float(weights[k]) for k in keys]
-        values = torch.tensor(packed, dtype=torch.float64, device=self._comm_device)
-        torch.distributed.all_reduce(values)
-        sums, totals = values[: len(keys)], values[len(keys) :].clamp_min(1e-12)
-        return dict(zip(keys, (sums / totals).tolist()))
+        weights = {k: float(weights.get(k, default_weight)) for k in metrics}
+        packed = {**{("sum", k): float(v) * weights[k] for k, v in metrics.items()},
+                  **{("weight", k): w for k, w in weights.items()}}
+        summed = self._all_reduce(packed, "sum")
+        return {k: summed[("sum", k)] / max(summed[("weight", k)], 1e-12) for k in metrics}
+
+    def _all_reduce(self, values: dict, op: str) -> dict:
+        """Every value of ``values`` reduced over processes with ``op`` ('sum', 'max' or 'min') in one
+        all-reduce: packed into one float64 tensor in sorted-key order (every process passes the same keys)."""
+        if not values:
+            return {}
+        keys = sorted(values)
+        packed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self._comm_device)
+        torch.distributed.all_reduce(packed, op=getattr(torch.distributed.ReduceOp, op.upper()))
+        return dict(zip(keys, packed.tolist()))
 
     def gather_rows(self, tensor: Tensor, pad_value: float = 0.0) -> Tensor:
         """Concatenate every process's (n, ...) tensor along dim 0, padding dim 1 to the longest."""
