@@ -158,6 +158,8 @@ class Passes:
 
 @dataclass
 class PassResult:
+    """What one pass (``one_pass``) leaves for its minibatch to add up."""
+
     loss: float  # the pass's part of the minibatch's loss
     metrics: dict[str, float]  # the pass's own means (its minibatch's are weighted sums of these)
     mismatch: dict[str, float]  # its rollout-correction totals when it was its own pi_old, else empty
