@@ -68,15 +68,19 @@ def encode_prompts(policy: Policy, prompts: list[str]) -> tuple[Tensor, Tensor]:
     return encoded["input_ids"].to(policy.device), encoded["attention_mask"].to(policy.device)
 
 
+def distinct_prompts(prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The distinct rows of (ids | mask) side by side, and each row's index among them (a GRPO group's rows
+    share one): what ``prompt_pass`` runs once each."""
+    return torch.unique(torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1), dim=0, return_inverse=True)
+
+
 def prompt_pass(policy: Policy, prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, DynamicCache]:
     """Run each distinct prompt once; copy its KV cache to every row that repeats it (a GRPO group).
 
     Returns the last prompt position's hidden state per row (N, d) and the per-row cache. The copy
     is an index, so gradients flow back to the shared pass exactly as from N separate passes.
     """
-    distinct, row_prompt = torch.unique(
-        torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1), dim=0, return_inverse=True
-    )
+    distinct, row_prompt = distinct_prompts(prompt_ids, prompt_mask)
     ids, mask = distinct.split(prompt_ids.shape[1], dim=1)
     mask = mask.to(prompt_mask.dtype)
     hidden, cache = policy.hidden(ids, mask, positions_from_mask(mask), DynamicCache())

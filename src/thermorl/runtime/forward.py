@@ -13,8 +13,8 @@ tensors), and padding positions are not scored at all (log-prob and entropy 0 th
 Columns that are padding in every row of the batch scored (a micro-batch's tail past its longest completion,
 its prompts' common left padding) are cut before the pass (``trim_padding``) and the outputs padded back
 with zeros. Causal attention makes the kept positions' values those of the uncut pass, so this costs
-nothing in exactness and saves the padding's compute, which ordering micro-batches by length makes large
-(``runtime.update.micro_batches``; verl's dynamic batch size and TRL's padding-free batches do the same
+nothing in exactness and saves the padding's compute; ordering micro-batches by length leaves more of it to
+cut (``runtime.update.micro_batches``; verl's dynamic batch size and TRL's padding-free batches save padding
 on GPU).
 """
 

@@ -17,7 +17,7 @@ from thermorl.algorithms.objective import token_objective
 from thermorl.config import AlgorithmConfig, Config
 from thermorl.config.registry import AGGREGATIONS
 from thermorl.engines import RolloutBatch
-from thermorl.engines.hf import truncated_completions
+from thermorl.engines.hf import distinct_prompts, truncated_completions
 from thermorl.errors import NonFiniteError
 from thermorl.models.policy import Policy
 from thermorl.runtime import fsdp
@@ -255,7 +255,7 @@ def pass_positions(batch: RolloutBatch, parts: list[torch.Tensor]) -> int:
     total = 0
     for part in parts:
         prompt_mask = batch.prompt_mask[part]
-        distinct = len(torch.unique(batch.prompt_ids[part] * prompt_mask, dim=0))
+        distinct = len(distinct_prompts(batch.prompt_ids[part], prompt_mask)[0])
         total += distinct * int(prompt_mask.sum(-1).max()) + len(part) * int(batch.completion_mask[part].sum(-1).max())
     return total
 
